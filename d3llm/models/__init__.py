@@ -1,0 +1,21 @@
+"""Model families (LLaDA, Dream), their configs, checkpoint I/O and tokenizer loading."""
+
+from d3llm.models.base import DiffusionLM, ModelOutput
+from d3llm.models.checkpoint import build_model, load_config, load_model, save_model
+from d3llm.models.configs import (
+    NAMED_CONFIGS,
+    DreamConfig,
+    LLaDAConfig,
+    dream_config,
+    llada_config,
+    named_config,
+)
+from d3llm.models.dream import DreamLM
+from d3llm.models.llada import LLaDALM
+from d3llm.models.tokenizer import load_tokenizer
+
+__all__ = [
+    "DiffusionLM", "ModelOutput", "build_model", "load_config", "load_model", "save_model", "NAMED_CONFIGS",
+    "DreamConfig", "LLaDAConfig", "dream_config", "llada_config", "named_config", "DreamLM", "LLaDALM",
+    "load_tokenizer",
+]

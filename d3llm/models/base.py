@@ -1,0 +1,279 @@
+"""The model interface both families implement: one forward that serves full-canvas and cached slice forwards.
+
+``model(input_ids, attention_mask=None, position_ids=None, *, cache=None, use_cache=False, start=None,
+append=None, keep_before=None, causal=False) -> ModelOutput``
+
+* ``input_ids`` ``[B, T]``: the forwarded tokens, canvas positions ``[start, start + T)``.
+* ``logits`` ``[B, T, V]``: position i scores the token at position i, for both families (Dream's shift is done
+  inside :class:`~d3llm.models.dream.DreamLM`).
+* ``attention_mask`` ``[B, S]`` (1 = real token, 0 = padding), HF convention: it covers the keys, i.e. the cached
+  prefix and the slice (with a cache: at least ``[0, kv_end)``; the canvas-long mask is the simplest thing to pass).
+  Padded keys are never attended to; rotary positions default to ``cumsum(mask) - 1``, so a left-padded row sees
+  exactly the positions it would see alone.
+* ``cache``/``use_cache``/``start``/``append``/``keep_before``: see :mod:`d3llm.cache.kv_cache`.
+* ``causal=True`` forces a causal mask (used to check the weights against autoregressive reference models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from d3llm.cache.kv_cache import KVCache
+from d3llm.errors import ConfigError
+from d3llm.models.configs import ModelConfig
+from d3llm.models.layers import AttentionPlan, rotary_cos_sin
+
+
+@dataclass
+class ModelOutput:
+    """``logits`` ``[B, T, V]`` (position i scores token i) and the cache the forward used or created."""
+
+    logits: torch.Tensor
+    cache: KVCache | None = None
+
+
+class DiffusionLM(nn.Module):
+    """Base class of the LLaDA and Dream models: forward planning, cache bookkeeping and initialisation.
+
+    Subclasses build their modules with the public checkpoint key names and implement :meth:`backbone` (embedding,
+    blocks, final norm: ``[B, T]`` ids -> ``[B, T, hidden]``) and :meth:`head` (hidden -> aligned logits ``[B, T, V]``).
+    """
+
+    family: str = ""
+    rope_full_precision: bool = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # -- to implement ----------------------------------------------------------------------------------------------
+    def backbone(self, input_ids: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def head(self, hidden: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- properties ----------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.config.mask_token_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.config.eos_token_id
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty cache sized for this model (dtype and device of its weights)."""
+        c = self.config
+        return KVCache(c.num_layers, batch_size, c.num_kv_heads, c.head_dim, capacity, dtype=self.dtype,
+                       device=self.device)
+
+    # -- initialisation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int | None = None) -> "DiffusionLM":
+        """Random initialisation: N(0, std) for embeddings and projections, residual output projections scaled by
+        1/sqrt(2 * layers) (GPT-2), zero biases, unit norms."""
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(0 if seed is None else seed)
+        residual_std = std / (2 * self.config.num_layers) ** 0.5
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif param.ndim == 1:
+                param.fill_(1.0)
+            else:
+                leaf = name.rsplit(".", 2)[-2]
+                s = residual_std if leaf in self.residual_projections else std
+                param.copy_(torch.randn(param.shape, generator=gen) * s)
+        return self
+
+    residual_projections: tuple[str, ...] = ()
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        start: int | None = None,
+        append: int | None = None,
+        keep_before: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> ModelOutput:
+        """See the module docstring. Returns aligned logits ``[B, T, V]`` and the cache (None without one)."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        bsz, seq = input_ids.shape
+        if cache is None and use_cache:
+            cache = self.new_cache(bsz, (start or 0) + seq)
+        plan = self._plan(input_ids, attention_mask, position_ids, cache, start, keep_before, causal)
+        hidden = self.backbone(input_ids, plan)
+        logits = self.head(hidden, plan)
+        if cache is not None:
+            n = seq if append is None else append
+            if not 0 <= n <= seq:
+                raise ValueError(f"append={append} must lie in [0, {seq}] (the forwarded length)")
+            cache.lengths = torch.maximum(cache.lengths, torch.tensor(plan.start + n))
+        return ModelOutput(logits=logits, cache=cache)
+
+    def _plan(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: KVCache | None,
+        start: int | None,
+        keep_before: torch.Tensor | None,
+        causal: bool,
+    ) -> AttentionPlan:
+        bsz, seq = input_ids.shape
+        device = input_ids.device
+        if cache is None:
+            if keep_before is not None:
+                raise ValueError("keep_before needs a cache")
+            start = 0 if start is None else int(start)
+            key_start, kv_end = start, start + seq
+        else:
+            if cache.batch_size != bsz:
+                raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {bsz}")
+            shortest = int(cache.lengths.min())
+            if start is None:
+                start = cache.length
+            start = int(start)
+            if start > shortest:
+                raise ValueError(
+                    f"slice starts at {start} but a cache row holds only {shortest} positions; a gap would be "
+                    f"attended as garbage (cache lengths {cache.lengths.tolist()})"
+                )
+            cache.ensure_capacity(start + seq)
+            key_start, kv_end = 0, max(start + seq, cache.max_length)
+
+        query_pos = torch.arange(start, start + seq, device=device)
+        key_pos = torch.arange(key_start, kv_end, device=device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
+        mask, origin = self._padding_mask(attention_mask, bsz, seq, start, kv_end, cache is not None)
+
+        # Rotary positions: explicit, else from the padding mask (left padding shifts them), else canvas indices.
+        if position_ids is not None:
+            positions = position_ids.to(device).expand(bsz, seq)
+        elif mask is not None:
+            counted = (mask.long().cumsum(-1) - 1).clamp(min=0) + origin
+            positions = counted[:, start - origin : start - origin + seq]
+        else:
+            positions = query_pos.expand(bsz, seq)
+        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+
+        # Which keys each query may attend to.
+        allowed = None
+        if mask is not None:
+            allowed = mask[:, key_start - origin : kv_end - origin][:, None, None, :]
+        if cache is not None and kv_end > start + seq and bool((cache.lengths != cache.max_length).any()):
+            row_end = torch.clamp(cache.lengths, min=start + seq).to(device)
+            in_cache = key_pos[None, :] < row_end[:, None]
+            allowed = in_cache[:, None, None, :] if allowed is None else allowed & in_cache[:, None, None, :]
+        if causal:
+            tri = (key_pos[None, :] <= query_pos[:, None])[None, None]
+            allowed = tri if allowed is None else allowed & tri
+        if allowed is not None:
+            # A query always sees itself, so a padding query never has an empty (NaN) attention row.
+            allowed = allowed | (key_pos[None, :] == query_pos[:, None])[None, None]
+            allowed = allowed.expand(bsz, 1, seq, kv_end - key_start)
+
+        write_mask = None
+        if keep_before is not None:
+            keep = torch.as_tensor(keep_before, dtype=torch.long)
+            if bool((keep.cpu() > cache.lengths).any()):
+                raise ValueError(
+                    f"keep_before {keep.tolist()} exceeds the cached lengths {cache.lengths.tolist()}"
+                )
+            write_mask = query_pos[None, :] >= keep.to(device)[:, None]
+        return AttentionPlan(positions=positions, cos=cos, sin=sin, attn_mask=allowed, cache=cache, start=start, kv_end=kv_end,
+                             write_mask=write_mask)
+
+    @staticmethod
+    def _padding_mask(
+        attention_mask: torch.Tensor | None, bsz: int, seq: int, start: int, kv_end: int, cached: bool
+    ) -> tuple[torch.Tensor | None, int]:
+        """Validate the padding mask; return it as bool and the canvas position of its first column."""
+        if attention_mask is None:
+            return None, 0
+        if attention_mask.ndim != 2 or attention_mask.shape[0] != bsz:
+            raise ValueError(f"attention_mask must be [batch={bsz}, keys], got shape {tuple(attention_mask.shape)}")
+        width = attention_mask.shape[1]
+        if cached:
+            if width < kv_end:
+                raise ValueError(
+                    f"attention_mask covers {width} positions but attention reads cached keys [0, {kv_end}); pass "
+                    f"the mask of the whole canvas"
+                )
+            return attention_mask.bool(), 0
+        if width == seq:
+            return attention_mask.bool(), start
+        if width == start + seq:
+            return attention_mask.bool(), 0
+        raise ValueError(
+            f"attention_mask has {width} columns; expected {seq} (the forwarded tokens) or {start + seq} (from "
+            f"position 0)"
+        )
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``/``torch.bfloat16`` -> ``torch.bfloat16``; floating dtypes only."""
+    if dtype is None:
+        return None
+    aliases = {
+        "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+        "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+        "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    }
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key not in aliases:
+            raise ConfigError(f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16, float64")
+        return aliases[key]
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point or dtype not in set(aliases.values()):
+            raise ConfigError(f"dtype {dtype} is not usable for model weights; use float32, bfloat16 or float16")
+        return dtype
+    raise ConfigError(f"dtype {dtype!r} is not a dtype; use a torch.dtype or a name such as 'bfloat16'")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """None -> CUDA when available, else CPU. A device that does not exist here is a :class:`ConfigError`."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a valid torch device ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was requested but CUDA is not available on this machine; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r} was requested but MPS is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ConfigError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'mps'")
+    return dev

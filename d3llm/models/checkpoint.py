@@ -1,0 +1,386 @@
+"""Reading and writing model folders in the public Hugging Face layout, without executing anything from them.
+
+A folder holds ``config.json`` and either ``model.safetensors`` or shards named by ``model.safetensors.index.json``
+(plus tokenizer files, and often remote modeling code, which is never imported). Legacy pickle weights
+(``pytorch_model.bin``) are read with ``torch.load(weights_only=True)`` only, which refuses anything but tensors.
+
+Writes are atomic: every file is written to a temporary name in the target folder and renamed into place, the
+config last, so an interrupted save never leaves a folder that loads with mixed or truncated weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from d3llm.errors import CheckpointError, ConfigError
+from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype
+from d3llm.models.configs import DreamConfig, ModelConfig, config_from_dict
+from d3llm.models.dream import DreamLM
+from d3llm.models.llada import LLaDALM
+
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_WEIGHTS = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", GENERATION_CONFIG_NAME,
+)
+
+MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM}
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+                torch.float64: "float64"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_model(config: ModelConfig | str, *, seed: int | None = 0, device=None, dtype=None, **overrides: Any):
+    """A randomly initialised model from a config object or a named config (``"llada-tiny"``, ``"dream-tiny"``...).
+
+    ``overrides`` change fields of a named config (e.g. ``vocab_size=300``). ``device`` defaults to CPU here
+    (random models are for tests and training from scratch), ``dtype`` to float32.
+    """
+    from d3llm.models.configs import named_config
+
+    if isinstance(config, str):
+        config = named_config(config, **overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    model = MODEL_CLASSES[config.family](config)
+    model.init_weights(seed=seed)
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    return model.to(device=dev, dtype=resolve_dtype(dtype) or torch.float32).eval()
+
+
+def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The exact checkpoint key -> shape map a folder of this config must hold."""
+    with torch.device("meta"):
+        model = MODEL_CLASSES[config.family](config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------------------------
+
+def _folder(path: str | os.PathLike) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise CheckpointError(f"model folder '{folder}' does not exist")
+    if not folder.is_dir():
+        raise CheckpointError(f"'{folder}' is a file; expected a model folder holding {CONFIG_NAME} and weights")
+    return folder
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {file}: {exc}") from None
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream)."""
+    folder = _folder(path)
+    file = folder / CONFIG_NAME
+    if not file.is_file():
+        raise CheckpointError(
+            f"{file} not found: a model folder needs {CONFIG_NAME} and {SAFE_WEIGHTS} (or {SAFE_INDEX})"
+        )
+    try:
+        config = config_from_dict(_read_json(file), source=str(file))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    gen_file = folder / GENERATION_CONFIG_NAME
+    if isinstance(config, DreamConfig) and gen_file.is_file():
+        eos = _read_json(gen_file).get("eos_token_id")
+        if isinstance(eos, list):  # several stop ids: the first is the end-of-text id used for early stop
+            eos = eos[0] if eos else None
+        if isinstance(eos, int) and eos != config.eos_token_id:
+            config = config.replace(eos_token_id=eos)
+    return config
+
+
+def weight_files(folder: Path) -> tuple[str, dict[str, Path]]:
+    """Return (format, key -> file) for the folder's weights; format is 'safetensors' or 'pickle'."""
+    index = folder / SAFE_INDEX
+    single = folder / SAFE_WEIGHTS
+    if index.is_file():
+        return "safetensors", _index_map(folder, index)
+    if single.is_file():
+        return "safetensors", {"*": single}
+    pickle_index, pickle_single = folder / PICKLE_INDEX, folder / PICKLE_WEIGHTS
+    if pickle_index.is_file():
+        return "pickle", _index_map(folder, pickle_index)
+    if pickle_single.is_file():
+        return "pickle", {"*": pickle_single}
+    others = sorted(p.name for p in folder.glob("*.safetensors")) + sorted(p.name for p in folder.glob("*.bin"))
+    hint = f" (found {', '.join(others)} but no index naming them)" if others else ""
+    raise CheckpointError(f"{folder} holds no weights: expected {SAFE_WEIGHTS} or {SAFE_INDEX}{hint}")
+
+
+def _index_map(folder: Path, index: Path) -> dict[str, Path]:
+    data = _read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: key 'weight_map' is missing or empty; expected {{tensor name: shard file}}")
+    out: dict[str, Path] = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith(".."):
+            raise CheckpointError(f"{index}: tensor '{key}' maps to {shard!r}, which is not a file name in the folder")
+        file = folder / shard
+        if not file.is_file():
+            raise CheckpointError(
+                f"{index} names shard '{shard}' (for tensor '{key}'), but {file} is missing; download the complete "
+                f"checkpoint"
+            )
+        out[key] = file
+    return out
+
+
+def _iter_tensors(fmt: str, files: dict[str, Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """Yield (name, tensor, file) for every tensor of the checkpoint, one file at a time."""
+    unique: list[Path] = []
+    for file in files.values():
+        if file not in unique:
+            unique.append(file)
+    for file in unique:
+        if fmt == "safetensors":
+            try:
+                with safe_open(str(file), framework="pt", device=str(device)) as handle:
+                    for name in handle.keys():
+                        yield name, handle.get_tensor(name), file
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{file} is not a readable safetensors file (truncated or corrupted?): {exc}"
+                ) from None
+        else:
+            try:
+                state = torch.load(str(file), map_location=device, weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
+                raise CheckpointError(
+                    f"{file}: refusing to load this pickle checkpoint; only plain tensors are accepted "
+                    f"(torch.load with weights_only=True failed: {str(exc).splitlines()[0]}). Convert it to "
+                    f"safetensors with a tool you trust."
+                ) from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
+            for name, tensor in state.items():
+                if not isinstance(tensor, torch.Tensor):
+                    raise CheckpointError(f"{file}: entry '{name}' is a {type(tensor).__name__}, not a tensor")
+                yield name, tensor, file
+
+
+def _shape_hint(config: ModelConfig) -> str:
+    c = config
+    return (f"hidden {c.hidden_size}, layers {c.num_layers}, heads {c.num_heads}/{c.num_kv_heads}, "
+            f"mlp {c.intermediate_size}, vocab {c.padded_vocab_size}")
+
+
+def load_model(path: str | os.PathLike, device=None, dtype=None, *, strict: bool = True) -> DiffusionLM:
+    """Load a LLaDA or Dream folder (``config.json`` + safetensors) into a native model, in eval mode.
+
+    Args:
+        path: the model folder.
+        device: target device; None = CUDA when available, else CPU.
+        dtype: weight dtype (``torch.bfloat16``, ``"bf16"``, ...); None = as stored in the files.
+        strict: refuse unexpected tensors (default). Missing or mis-shaped tensors are always an error.
+
+    Nothing in the folder is executed: remote modeling code is ignored, pickle weights are read with
+    ``weights_only=True``.
+    """
+    folder = _folder(path)
+    config = load_config(folder)
+    dev = resolve_device(device)
+    want_dtype = resolve_dtype(dtype)
+    fmt, files = weight_files(folder)
+    expected = expected_tensors(config)
+    index_keys = set(files) - {"*"}
+    if index_keys:
+        missing_in_index = sorted(set(expected) - index_keys)
+        if missing_in_index:
+            raise CheckpointError(
+                f"{folder / (SAFE_INDEX if fmt == 'safetensors' else PICKLE_INDEX)} does not name "
+                f"{len(missing_in_index)} tensor(s) a {config.family} model of this config needs: "
+                f"{', '.join(missing_in_index[:5])}{' ...' if len(missing_in_index) > 5 else ''}"
+            )
+
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    stored_dtype = None
+    for name, tensor, file in _iter_tensors(fmt, files, dev):
+        if name not in expected:
+            unexpected.append(name)
+            continue
+        if tuple(tensor.shape) != expected[name]:
+            raise CheckpointError(
+                f"{file}: tensor '{name}' has shape {list(tensor.shape)}, but config.json ({_shape_hint(config)}) "
+                f"expects {list(expected[name])}"
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{file}: tensor '{name}' has dtype {tensor.dtype}; expected floating point weights")
+        stored_dtype = stored_dtype or tensor.dtype
+        state[name] = tensor
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(
+            f"{folder}: the weights lack {len(missing)} tensor(s) a {config.family} model with this config.json "
+            f"needs: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    if unexpected and strict:
+        hint = ""
+        if any("lora_" in k or k.startswith("base_model.model.") for k in unexpected):
+            hint = " These look like PEFT/LoRA adapter weights: merge the adapter into the base model first."
+        raise CheckpointError(
+            f"{folder}: {len(unexpected)} unexpected tensor(s) for a {config.family} model: "
+            f"{', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}.{hint} "
+            f"(load_model(..., strict=False) ignores them)"
+        )
+
+    target = want_dtype or stored_dtype or torch.float32
+    with torch.device("meta"):
+        model = MODEL_CLASSES[config.family](config)
+    model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
+    model.source_dir = str(folder)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# saving
+# ---------------------------------------------------------------------------------------------------------------
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    text = size.strip().upper()
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``target`` (same folder, so rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    _atomic_write(Path(target), lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def save_model(
+    model: DiffusionLM,
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    max_shard_size: int | str = "5GB",
+    tokenizer: Any = None,
+) -> Path:
+    """Write ``config.json`` and safetensors weights with the public key names; returns the folder.
+
+    Args:
+        dtype: store the weights in this dtype (default: the model's). Real LLaDA/Dream checkpoints are bf16.
+        max_shard_size: above this total size the weights are sharded with ``model.safetensors.index.json``.
+        tokenizer: a tokenizer (anything with ``save_pretrained``) or a folder whose tokenizer files are copied
+            verbatim. Default: copy them from the folder the model was loaded from, if any.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"cannot save into '{folder}': it is a file")
+    folder.mkdir(parents=True, exist_ok=True)
+    store_dtype = resolve_dtype(dtype) or model.dtype
+    state = {k: v.detach().to("cpu", store_dtype).contiguous() for k, v in model.state_dict().items()}
+    config_dict = model.config.to_dict()
+    config_dict["torch_dtype"] = _DTYPE_NAMES[store_dtype]
+
+    limit = _parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(state):
+        nbytes = state[name].numel() * state[name].element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = state[name]
+        size += nbytes
+    metadata = {"format": "pt"}
+    old_files = set(p.name for p in folder.glob("model*.safetensors")) | {SAFE_INDEX}
+    written: set[str] = set()
+    if len(shards) == 1:
+        _atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
+        written.add(SAFE_WEIGHTS)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            _atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+            written.add(name)
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        atomic_write_text(folder / SAFE_INDEX, json.dumps({"metadata": {"total_size": total},
+                                                           "weight_map": weight_map}, indent=2) + "\n")
+        written.add(SAFE_INDEX)
+    for stale in old_files - written:  # weights of an earlier save in another layout
+        (folder / stale).unlink(missing_ok=True)
+
+    _save_tokenizer(model, folder, tokenizer)
+    if isinstance(model.config, DreamConfig) and not (folder / GENERATION_CONFIG_NAME).exists():
+        gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
+               "pad_token_id": model.config.pad_token_id, "mask_token_id": model.config.mask_token_id}
+        atomic_write_text(folder / GENERATION_CONFIG_NAME, json.dumps(gen, indent=2) + "\n")
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config_dict, indent=2) + "\n")  # last: marks completion
+    return folder
+
+
+def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:
+    source = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None
+    if tokenizer is None:
+        source = getattr(model, "source_dir", None)
+    if source is not None:
+        src = Path(source)
+        if not src.is_dir():
+            raise CheckpointError(f"tokenizer folder '{src}' does not exist")
+        if src.resolve() == folder.resolve():
+            return
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                data = (src / name).read_bytes()
+                _atomic_write(folder / name, lambda p, d=data: p.write_bytes(d))
+        return
+    if tokenizer is not None:
+        if not hasattr(tokenizer, "save_pretrained"):
+            raise CheckpointError(
+                f"tokenizer must be a folder path or have save_pretrained(), got {type(tokenizer).__name__}"
+            )
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            tokenizer.save_pretrained(tmp)
+            for file in Path(tmp).iterdir():
+                if file.is_file():
+                    data = file.read_bytes()
+                    _atomic_write(folder / file.name, lambda p, d=data: p.write_bytes(d))
