@@ -9,6 +9,7 @@ Public API::
 """
 
 from d3llm.cache import KVCache
+from d3llm.decoding import GenerationResult, StepEvent, generate
 from d3llm.errors import CheckpointError, ConfigError, D3LLMError, GenerationError
 from d3llm.models import (
     NAMED_CONFIGS,
@@ -29,7 +30,7 @@ from d3llm.models import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "KVCache", "CheckpointError", "ConfigError", "D3LLMError", "GenerationError", "NAMED_CONFIGS", "DiffusionLM",
+    "KVCache", "GenerationResult", "StepEvent", "generate", "CheckpointError", "ConfigError", "D3LLMError", "GenerationError", "NAMED_CONFIGS", "DiffusionLM",
     "DreamConfig", "DreamLM", "LLaDAConfig", "LLaDALM", "ModelOutput", "build_model", "load_config", "load_model",
     "load_tokenizer", "named_config", "save_model", "__version__",
 ]

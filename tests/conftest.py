@@ -13,3 +13,11 @@ def _seed():
 def tiny_model(request):
     """A random tiny model of each family (fp32, CPU, eval mode)."""
     return d3llm.build_model(request.param, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_models():
+    """Tiny LLaDA and Dream models trained for a few seconds on a toy task (see tests/decoding_models.py)."""
+    from decoding_models import train_tiny
+
+    return {family: train_tiny(family) for family in ("llada", "dream")}

@@ -165,14 +165,15 @@ def test_left_padded_batch_with_cache_matches_each_row_alone(tiny_model):
 
 
 def test_rows_with_different_cache_lengths_in_one_forward(tiny_model):
-    """keep_before lets one batched forward serve rows whose caches end at different positions."""
+    """write_range lets one batched forward serve rows whose caches end at different positions."""
     model, f = tiny_model, _first(tiny_model)
     ids = torch.randint(0, 120, (2, 20))
     with torch.no_grad():
         full = model(ids, use_cache=True)
         cache = full.cache
         cache.set_lengths(torch.tensor([8, 12]))
-        out = model(ids[:, 8:], cache=cache, start=8, keep_before=torch.tensor([8, 12]), append=0)
+        out = model(ids[:, 8:], cache=cache, start=8, write_range=(torch.tensor([8, 12]), torch.tensor([20, 20])),
+                    append=0)
         for row, k in ((0, 8), (1, 12)):
             alone_cache = model(ids[row:row + 1], use_cache=True).cache.truncate(k)
             alone = model(ids[row:row + 1, k:], cache=alone_cache, append=0).logits[0]
@@ -199,7 +200,7 @@ def test_cache_misuse_errors(tiny_model):
     ids = torch.randint(0, 120, (2, 10))
     with torch.no_grad():
         cache = model(ids, use_cache=True).cache.truncate(4)
-        with pytest.raises(ValueError, match="gap would be attended"):
+        with pytest.raises(ValueError, match="writes from position.*a gap would be attended as garbage"):
             model(ids[:, 6:], cache=cache, start=6)
         with pytest.raises(ValueError, match="append=11 must lie in"):
             model(ids[:, 4:], cache=cache, append=11)

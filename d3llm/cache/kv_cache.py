@@ -21,9 +21,9 @@ Attention of a forward over ``[start, start + T)`` reads keys ``[0, max(start + 
 the fresh keys of the slice, and (dual cache) stale cached keys after the slice.
 
 Rows of a batch may hold different lengths (each row of a batched decoder keeps its own cache state). A forward may
-then protect a row's cached keys inside the forwarded slice with ``keep_before`` (positions below it keep their
-cached keys; the queries there are computed but belong to the caller to ignore), so one batched forward serves rows
-that alone would have forwarded from different positions.
+then restrict, per row, the slots it writes with ``write_range=(lo, hi)`` (``[B]`` tensors): slots outside
+``[lo, hi)`` keep their cached keys (the queries there are computed but belong to the caller to ignore), so one
+batched forward over the union of the rows' ranges serves rows that alone would have forwarded different slices.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The model interface both families implement: one forward that serves full-canvas and cached slice forwards.
 
 ``model(input_ids, attention_mask=None, position_ids=None, *, cache=None, use_cache=False, start=None,
-append=None, keep_before=None, causal=False) -> ModelOutput``
+append=None, write_range=None, causal=False) -> ModelOutput``
 
 * ``input_ids`` ``[B, T]``: the forwarded tokens, canvas positions ``[start, start + T)``.
 * ``logits`` ``[B, T, V]``: position i scores the token at position i, for both families (Dream's shift is done
@@ -10,7 +10,7 @@ append=None, keep_before=None, causal=False) -> ModelOutput``
   prefix and the slice (with a cache: at least ``[0, kv_end)``; the canvas-long mask is the simplest thing to pass).
   Padded keys are never attended to; rotary positions default to ``cumsum(mask) - 1``, so a left-padded row sees
   exactly the positions it would see alone.
-* ``cache``/``use_cache``/``start``/``append``/``keep_before``: see :mod:`d3llm.cache.kv_cache`.
+* ``cache``/``use_cache``/``start``/``append``/``write_range``: see :mod:`d3llm.cache.kv_cache`.
 * ``causal=True`` forces a causal mask (used to check the weights against autoregressive reference models).
 """
 
@@ -114,7 +114,7 @@ class DiffusionLM(nn.Module):
         use_cache: bool = False,
         start: int | None = None,
         append: int | None = None,
-        keep_before: torch.Tensor | None = None,
+        write_range: tuple[torch.Tensor, torch.Tensor] | None = None,
         causal: bool = False,
     ) -> ModelOutput:
         """See the module docstring. Returns aligned logits ``[B, T, V]`` and the cache (None without one)."""
@@ -123,7 +123,7 @@ class DiffusionLM(nn.Module):
         bsz, seq = input_ids.shape
         if cache is None and use_cache:
             cache = self.new_cache(bsz, (start or 0) + seq)
-        plan = self._plan(input_ids, attention_mask, position_ids, cache, start, keep_before, causal)
+        plan = self._plan(input_ids, attention_mask, position_ids, cache, start, write_range, causal)
         hidden = self.backbone(input_ids, plan)
         logits = self.head(hidden, plan)
         if cache is not None:
@@ -140,33 +140,47 @@ class DiffusionLM(nn.Module):
         position_ids: torch.Tensor | None,
         cache: KVCache | None,
         start: int | None,
-        keep_before: torch.Tensor | None,
+        write_range: tuple[torch.Tensor, torch.Tensor] | None,
         causal: bool,
     ) -> AttentionPlan:
         bsz, seq = input_ids.shape
         device = input_ids.device
         if cache is None:
-            if keep_before is not None:
-                raise ValueError("keep_before needs a cache")
+            if write_range is not None:
+                raise ValueError("write_range needs a cache")
             start = 0 if start is None else int(start)
             key_start, kv_end = start, start + seq
         else:
             if cache.batch_size != bsz:
                 raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {bsz}")
-            shortest = int(cache.lengths.min())
-            if start is None:
-                start = cache.length
-            start = int(start)
-            if start > shortest:
-                raise ValueError(
-                    f"slice starts at {start} but a cache row holds only {shortest} positions; a gap would be "
-                    f"attended as garbage (cache lengths {cache.lengths.tolist()})"
-                )
+            start = cache.length if start is None else int(start)
             cache.ensure_capacity(start + seq)
             key_start, kv_end = 0, max(start + seq, cache.max_length)
-
         query_pos = torch.arange(start, start + seq, device=device)
         key_pos = torch.arange(key_start, kv_end, device=device)
+
+        # Per row, the slots written by this forward are [lo, hi); keys below lo must already be cached, and
+        # keys at or beyond max(length, hi) hold nothing valid for that row.
+        write_mask = None
+        row_key_end = None
+        if cache is not None:
+            if write_range is None:
+                lo = torch.full((bsz,), start, dtype=torch.long)
+                hi = torch.full((bsz,), start + seq, dtype=torch.long)
+            else:
+                lo, hi = (torch.as_tensor(t, dtype=torch.long).cpu() for t in write_range)
+                if lo.shape != (bsz,) or hi.shape != (bsz,) or bool(((lo < start) | (hi > start + seq)).any()):
+                    raise ValueError(f"write_range must be two [batch] tensors within [{start}, {start + seq}]")
+                write_mask = (query_pos[None, :] >= lo.to(device)[:, None]) & (query_pos[None, :] < hi.to(device)[:, None])
+            if bool((lo > cache.lengths).any()):
+                raise ValueError(
+                    f"the forward writes from position(s) {lo.tolist()} but the cache rows hold only "
+                    f"{cache.lengths.tolist()} positions; a gap would be attended as garbage"
+                )
+            ends = torch.maximum(cache.lengths, hi)
+            if bool((ends < kv_end).any()):
+                row_key_end = ends.to(device)
+
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
         mask, origin = self._padding_mask(attention_mask, bsz, seq, start, kv_end, cache is not None)
@@ -185,10 +199,9 @@ class DiffusionLM(nn.Module):
         allowed = None
         if mask is not None:
             allowed = mask[:, key_start - origin : kv_end - origin][:, None, None, :]
-        if cache is not None and kv_end > start + seq and bool((cache.lengths != cache.max_length).any()):
-            row_end = torch.clamp(cache.lengths, min=start + seq).to(device)
-            in_cache = key_pos[None, :] < row_end[:, None]
-            allowed = in_cache[:, None, None, :] if allowed is None else allowed & in_cache[:, None, None, :]
+        if row_key_end is not None:
+            valid = (key_pos[None, :] < row_key_end[:, None])[:, None, None, :]
+            allowed = valid if allowed is None else allowed & valid
         if causal:
             tri = (key_pos[None, :] <= query_pos[:, None])[None, None]
             allowed = tri if allowed is None else allowed & tri
@@ -196,17 +209,8 @@ class DiffusionLM(nn.Module):
             # A query always sees itself, so a padding query never has an empty (NaN) attention row.
             allowed = allowed | (key_pos[None, :] == query_pos[:, None])[None, None]
             allowed = allowed.expand(bsz, 1, seq, kv_end - key_start)
-
-        write_mask = None
-        if keep_before is not None:
-            keep = torch.as_tensor(keep_before, dtype=torch.long)
-            if bool((keep.cpu() > cache.lengths).any()):
-                raise ValueError(
-                    f"keep_before {keep.tolist()} exceeds the cached lengths {cache.lengths.tolist()}"
-                )
-            write_mask = query_pos[None, :] >= keep.to(device)[:, None]
-        return AttentionPlan(positions=positions, cos=cos, sin=sin, attn_mask=allowed, cache=cache, start=start, kv_end=kv_end,
-                             write_mask=write_mask)
+        return AttentionPlan(positions=positions, cos=cos, sin=sin, attn_mask=allowed, cache=cache, start=start,
+                             kv_end=kv_end, write_mask=write_mask)
 
     @staticmethod
     def _padding_mask(

@@ -66,7 +66,7 @@ class AttentionPlan:
         cache: the KV cache to write the slice into and read keys from, or None.
         start: absolute canvas index of the first forwarded position (its cache slot).
         kv_end: with a cache, attention reads cached slots ``[0, kv_end)``.
-        write_mask: ``[B, T]`` bool or None; False keeps the cached key/value at that slot (see ``keep_before``).
+        write_mask: ``[B, T]`` bool or None; False keeps the cached key/value at that slot (see ``write_range``).
     """
 
     positions: torch.Tensor

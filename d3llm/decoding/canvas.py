@@ -1,0 +1,135 @@
+"""The decoding canvas of a batch: left-padded prompts followed by ``max_new_tokens`` mask tokens.
+
+Left padding aligns every row's generation region at the same canvas columns ``[G, G + N)`` (G = longest prompt),
+so block boundaries are shared by all rows and per-row state reduces to per-row counters. Padding columns are
+excluded from attention and rotary positions follow the padding mask, so each row computes what it would alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from d3llm.errors import GenerationError
+
+
+@dataclass
+class Canvas:
+    """Tokens and geometry of the rows still being decoded.
+
+    Attributes:
+        x: ``[n, L]`` token ids (device), ``L = G + N``.
+        attention_mask: ``[n, L]`` (1 = real token) or None when no row is padded.
+        rows: ``[n]`` indices of these rows in the caller's batch.
+        prompt_lengths: ``[n]`` real prompt lengths (numpy).
+        gen_start: G, the first generated column.
+        mask_id: the mask token id.
+    """
+
+    x: torch.Tensor
+    attention_mask: torch.Tensor | None
+    rows: np.ndarray
+    prompt_lengths: np.ndarray
+    gen_start: int
+    mask_id: int
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def gen_length(self) -> int:
+        return self.length - self.gen_start
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def select(self, keep: np.ndarray) -> "Canvas":
+        """The canvas of a subset of rows (``keep``: indices into the current rows)."""
+        idx = torch.as_tensor(keep, dtype=torch.long, device=self.device)
+        return Canvas(
+            x=self.x.index_select(0, idx),
+            attention_mask=None if self.attention_mask is None else self.attention_mask.index_select(0, idx),
+            rows=self.rows[keep],
+            prompt_lengths=self.prompt_lengths[keep],
+            gen_start=self.gen_start,
+            mask_id=self.mask_id,
+        )
+
+
+def normalize_prompts(input_ids, attention_mask=None) -> list[list[int]]:
+    """Accept a LongTensor ``[B, P]`` (optionally left-padded, with its mask), a 1-D tensor, a list of ids or a
+    list of id lists, and return one list of ids per row. Empty prompts are an error naming the row."""
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+            raise GenerationError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.ndim == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.ndim != 2:
+            raise GenerationError(f"input_ids must be [batch, prompt_length], got shape {tuple(input_ids.shape)}")
+        ids = input_ids.detach().cpu()
+        if attention_mask is None:
+            rows = ids.tolist()
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise GenerationError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
+                    f"{tuple(input_ids.shape)}"
+                )
+            keep = attention_mask.detach().cpu().bool()
+            rows = [r[k].tolist() for r, k in zip(ids, keep)]
+    elif isinstance(input_ids, (list, tuple)):
+        if input_ids and all(isinstance(t, (int, np.integer)) for t in input_ids):
+            rows = [list(input_ids)]
+        else:
+            rows = []
+            for i, r in enumerate(input_ids):
+                if isinstance(r, torch.Tensor):
+                    r = r.tolist()
+                if not isinstance(r, (list, tuple)) or not all(isinstance(t, (int, np.integer)) for t in r):
+                    raise GenerationError(f"prompt {i} must be a list of integer token ids, got {type(r).__name__}")
+                rows.append([int(t) for t in r])
+    else:
+        raise GenerationError(
+            f"input_ids must be a LongTensor [batch, length] or a list of token-id lists, got {type(input_ids).__name__}"
+        )
+    if not rows:
+        raise GenerationError("input_ids holds no prompt")
+    for i, r in enumerate(rows):
+        if len(r) == 0:
+            raise GenerationError(f"prompt {i} is empty; every row needs at least one token")
+    return rows
+
+
+def build_canvas(prompts: list[list[int]], max_new_tokens: int, *, mask_id: int, pad_id: int, vocab_size: int,
+                 device: torch.device) -> Canvas:
+    """Left-pad the prompts with ``pad_id`` and append ``max_new_tokens`` masks."""
+    for i, r in enumerate(prompts):
+        bad = [t for t in r if not 0 <= t < vocab_size]
+        if bad:
+            raise GenerationError(f"prompt {i} holds token id {bad[0]} outside the vocabulary [0, {vocab_size})")
+    lengths = np.array([len(r) for r in prompts], dtype=np.int64)
+    g = int(lengths.max())
+    x = torch.full((len(prompts), g + max_new_tokens), mask_id, dtype=torch.long)
+    padded = bool((lengths != g).any())
+    mask = torch.ones_like(x) if padded else None
+    for i, r in enumerate(prompts):
+        x[i, g - len(r) : g] = torch.tensor(r, dtype=torch.long)
+        if padded:
+            x[i, : g - len(r)] = pad_id
+            mask[i, : g - len(r)] = 0
+    return Canvas(
+        x=x.to(device),
+        attention_mask=None if mask is None else mask.to(device),
+        rows=np.arange(len(prompts)),
+        prompt_lengths=lengths,
+        gen_start=g,
+        mask_id=mask_id,
+    )

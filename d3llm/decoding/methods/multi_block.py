@@ -1,0 +1,375 @@
+"""d3LLM entropy-based multi-block decoding, with an optional delayed KV cache, refresh and early stop
+(SPEC 4.5-4.9).
+
+Several ``block_size`` blocks decode concurrently in a pipeline. Block 0 is the prompt; generation block b >= 1
+covers canvas columns ``[G + (b-1)B, G + bB)``. A created block that is not *fully activated* is
+*semi-activated*: its masks are candidates but nothing forces its progress. Each iteration:
+
+1. early stop (``early_stop`` and an EOS id): after the first EOS every position becomes EOS, blocks after it are
+   finished, no new block is created;
+2. a block becomes fully activated once its predecessor's progress (decoded fraction) reaches
+   ``decoded_token_threshold``;
+3. at most one new block is created, when the last block's progress reaches ``block_add_threshold`` (or it has no
+   mask left); it is fully activated at once if that progress also reaches ``decoded_token_threshold``;
+4. one forward (whole canvas, or everything after the cached prefix); candidates are the masked positions before
+   the end ``a`` of the last block that is fully activated or still has masks;
+5. commit: LLaDA takes the lowest-entropy candidate plus every candidate with entropy ``<= threshold``; Dream every
+   candidate with entropy ``< threshold``. The first fully activated block with masks that got nothing gets its
+   lowest-entropy mask (LLaDA: the argmax token; Dream: the sampled token).
+
+Delayed KV cache (``cache_delay_iter`` = D, None = no cache): a finished block (prompt included) is appended to the
+prefix cache only D iterations after it was first seen finished; while a block waits ("stabilises") every forward
+is a full refresh whose logits are that step's logits; ``refresh_interval`` R makes every R-th iteration a refresh.
+Cached forwards still run from the end of the cached prefix to the end of the canvas.
+
+One deliberate difference from the reference: when a periodic refresh falls on an iteration that appends newly
+cacheable blocks, the reference appends against the stale prefix cache and skips the refresh; here the refresh
+happens and the appended blocks come from its full forward (so ``refresh_interval=1`` is exactly the uncached
+decoder). ``reference_exact=True`` restores the reference's order.
+
+Block state is kept per row in numpy arrays ``[rows, blocks + 1]`` (index 0 = prompt), updated with vectorised
+operations that reproduce the reference's sequential rules; the canvas statistics the rules need (masks per
+block, first EOS) come back from the device in one transfer per iteration.
+
+Dream runs the same pipeline with its own commit rule and, with a cache, forwards from one position before the
+cached prefix so that the first uncached position is scored by its left neighbour's output (the clean variant of
+SPEC 4.6); its KV scan caches blocks contiguously, like LLaDA's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from d3llm.decoding import rules
+from d3llm.decoding.canvas import Canvas
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
+from d3llm.errors import GenerationError
+
+
+@dataclass
+class MultiBlockParams(Params):
+    steps: int | None = None  # accepted for compatibility with the reference signature; ignored
+    max_new_tokens: int = 512
+    block_size: int = 32
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    threshold: float = 0.5
+    block_add_threshold: float = 0.5
+    decoded_token_threshold: float = 0.5
+    cache_delay_iter: int | None = None
+    refresh_interval: int | None = None
+    early_stop: bool = False
+    reference_exact: bool = False
+
+    def validate(self, method: str) -> None:
+        self.check_blocks(method)
+        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
+        self.check_choice(method, "remasking", self.remasking, ("low_confidence", "random"))
+        self.check_range(method, "threshold", self.threshold, 0.0, None, "an entropy threshold in nats")
+        self.check_range(method, "block_add_threshold", self.block_add_threshold, 0.0, 1.0,
+                         "the progress of the last block that opens a new one")
+        self.check_range(method, "decoded_token_threshold", self.decoded_token_threshold, 0.0, 1.0,
+                         "the progress of the previous block that fully activates a block")
+        self.check_int(method, "cache_delay_iter", self.cache_delay_iter, minimum=1, allow_none=True)
+        self.check_int(method, "refresh_interval", self.refresh_interval, minimum=1, allow_none=True)
+        for name in ("early_stop", "reference_exact"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenerationError(f"{method}: {name} must be True or False, got {getattr(self, name)!r}")
+
+
+@dataclass
+class MultiBlockState(MethodState):
+    row_fields = ("created", "masks", "full", "done_at", "cached", "next_block", "cache_len", "has_kv", "nfe",
+                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "snapshot",
+                  "lo", "a", "f_start", "f_end", "has_f")
+    created: np.ndarray  # [n, K] block exists (K = blocks + 1, index 0 = prompt)
+    masks: np.ndarray  # [n, K] masks left (bookkeeping)
+    full: np.ndarray  # [n, K] fully activated
+    done_at: np.ndarray  # [n, K] iteration at which the block was first seen finished (-1: not yet)
+    cached: np.ndarray  # [n, K] the block is part of the cached prefix
+    next_block: np.ndarray  # [n] id of the next block to create
+    cache_len: np.ndarray  # [n] end of the cached prefix (the decoder's count)
+    has_kv: np.ndarray  # [n] a cache exists for the row
+    nfe: np.ndarray  # [n] iterations (the reference's NFE counter while decoding)
+    # canvas statistics from the last transfer
+    any_mask: np.ndarray  # [n] a mask is left in the generation region
+    eos_pos: np.ndarray  # [n] first EOS column in the generation region (-1: none)
+    eos_block_masks: np.ndarray  # [n] masks from the EOS block's start to the EOS (inclusive)
+    masks_before_eos: np.ndarray  # [n] masks in the generation region up to the EOS
+    canvas_masks: np.ndarray  # [n, blocks] masks per generation block in the canvas
+    prompt_has_masks: bool = False
+    # per-iteration values handed from plan() to commit()
+    snapshot: torch.Tensor | None = None  # [n, L] masks at the start of the iteration (before early stop)
+    lo: np.ndarray | None = None
+    a: np.ndarray | None = None
+    f_start: np.ndarray | None = None
+    f_end: np.ndarray | None = None
+    has_f: np.ndarray | None = None
+
+
+class MultiBlock(DecodingMethod):
+    name = "multi_block"
+    Params = MultiBlockParams
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.params.cache_delay_iter is not None
+
+    @property
+    def early_stop(self) -> bool:
+        return self.params.early_stop and self.eos_id is not None
+
+    # -- geometry ------------------------------------------------------------------------------------------------
+    def _geometry(self, canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
+        b = self.params.block_size
+        k = self.params.max_new_tokens // b + 1
+        start = canvas.gen_start + (np.arange(k) - 1) * b
+        start[0] = 0
+        end = start + b
+        end[0] = canvas.gen_start
+        return start, end
+
+    def _progress(self, masks: np.ndarray) -> np.ndarray:
+        """Decoded fraction of every block (prompt: 1.0), in float64 as the reference's Python floats."""
+        prog = 1.0 - masks / float(self.params.block_size)
+        prog[:, 0] = 1.0
+        return prog
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def init_state(self, canvas: Canvas) -> MultiBlockState:
+        n, p = canvas.size, self.params
+        blocks = p.max_new_tokens // p.block_size
+        k = blocks + 1
+        state = MultiBlockState(
+            created=np.zeros((n, k), dtype=bool), masks=np.zeros((n, k), dtype=np.int64),
+            full=np.zeros((n, k), dtype=bool), done_at=np.full((n, k), -1, dtype=np.int64),
+            cached=np.zeros((n, k), dtype=bool), next_block=np.full(n, 2, dtype=np.int64),
+            cache_len=np.zeros(n, dtype=np.int64), has_kv=np.zeros(n, dtype=bool), nfe=np.zeros(n, dtype=np.int64),
+            any_mask=np.ones(n, dtype=bool), eos_pos=np.full(n, -1, dtype=np.int64),
+            eos_block_masks=np.zeros(n, dtype=np.int64), masks_before_eos=np.zeros(n, dtype=np.int64),
+            canvas_masks=np.full((n, blocks), p.block_size, dtype=np.int64),
+        )
+        state.created[:, :2] = True
+        state.full[:, 0] = True
+        state.done_at[:, 0] = 0
+        state.masks[:, 1] = p.block_size
+        state.full[:, 1] = 1.0 >= p.decoded_token_threshold
+        state.prompt_has_masks = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
+        self._refresh_stats(canvas, state)
+        return state
+
+    # -- plan ------------------------------------------------------------------------------------------------------
+    def plan(self, canvas: Canvas, st: MultiBlockState, step: int) -> StepPlan:
+        p = self.params
+        n, length = canvas.size, canvas.length
+        blocks = p.max_new_tokens // p.block_size
+        start, end = self._geometry(canvas)
+        ids = np.arange(blocks + 1)
+        rows = np.arange(n)
+
+        active = st.any_mask | (st.next_block <= blocks)
+        st.nfe[active] += 1
+        st.snapshot = canvas.x == canvas.mask_id
+
+        eos_seen = np.zeros(n, dtype=bool)
+        edited = False
+        if self.early_stop:
+            eos_seen = active & (st.eos_pos >= 0)
+            if eos_seen.any():
+                edited = True
+                self._apply_early_stop(canvas, st, eos_seen, start, ids)
+                active &= ~(eos_seen & (st.masks_before_eos == 0))
+
+        prog = self._progress(st.masks)
+        st.full[:, 1:] |= st.created[:, 1:] & (prog[:, :-1] >= p.decoded_token_threshold)
+
+        last = st.next_block - 1
+        grow = active & (st.next_block <= blocks) & ~eos_seen & (last > 0)
+        grow &= (prog[rows, last] >= p.block_add_threshold) | (st.masks[rows, last] == 0)
+        if grow.any():
+            r = rows[grow]
+            b = st.next_block[grow]
+            st.created[r, b] = True
+            st.masks[r, b] = st.canvas_masks[r, b - 1]
+            st.full[r, b] = prog[r, b - 1] >= p.decoded_token_threshold
+            st.next_block[grow] += 1
+
+        qualifies = st.created & (st.full | (st.masks > 0))
+        last_active = np.where(qualifies, ids, 0).max(axis=1)
+        active &= last_active > 0
+        st.a = end[last_active]
+
+        if not self.uses_cache:
+            st.lo = np.full(n, 0 if st.prompt_has_masks else canvas.gen_start, dtype=np.int64)
+            plan = self.full_plan(canvas, active)
+        else:
+            plan = self._plan_cache(canvas, st, active, start, end, ids)
+            active = plan.run
+            st.lo = np.maximum(plan.start, canvas.gen_start)
+
+        fa = st.created & st.full & (st.masks > 0)
+        fa[:, 0] = False
+        st.has_f = fa.any(axis=1)
+        f = np.argmax(fa, axis=1)
+        st.f_start, st.f_end = start[f], end[f]
+        plan.run = active
+        plan.canvas_edited = edited
+        return plan
+
+    def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, start: np.ndarray,
+                          ids: np.ndarray) -> None:
+        """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest."""
+        p = self.params
+        e = st.eos_pos
+        e_t = torch.from_numpy(np.where(eos_seen, e, canvas.length)).to(canvas.device)
+        pos = torch.arange(canvas.length, device=canvas.device)
+        canvas.x.masked_fill_(pos[None, :] > e_t[:, None], self.eos_id)
+
+        blk = np.where(eos_seen, (e - canvas.gen_start) // p.block_size + 1, 0)
+        after = ids[None, :] > blk[:, None]
+        at = ids[None, :] == blk[:, None]
+        if self.family == "dream":  # every block recounted from the canvas
+            new = np.zeros_like(st.masks)
+            new[:, 1:] = st.canvas_masks
+        else:  # only the blocks at and after the EOS change
+            new = st.masks.copy()
+        new = np.where(after, 0, np.where(at, st.eos_block_masks[:, None], new))
+        changed = eos_seen[:, None] & st.created & (ids[None, :] >= 1) & (new != st.masks)
+        st.masks = np.where(changed, new, st.masks)
+        st.full |= changed & (new == 0)
+
+        blocks = p.max_new_tokens // p.block_size
+        nb = st.next_block
+        precreate = eos_seen & (nb <= blocks)
+        precreate &= start[np.minimum(nb, blocks)] > e
+        if precreate.any():
+            fill = precreate[:, None] & (ids[None, :] >= nb[:, None])
+            st.created |= fill
+            st.masks[fill] = 0
+            st.full |= fill
+            if self.uses_cache:
+                st.done_at = np.where(fill, st.nfe[:, None], st.done_at)
+                st.cached |= fill
+            st.next_block[precreate] = blocks + 1
+
+    def _plan_cache(self, canvas: Canvas, st: MultiBlockState, active: np.ndarray, start: np.ndarray,
+                    end: np.ndarray, ids: np.ndarray) -> StepPlan:
+        """SPEC 4.6: which blocks become cacheable, then branch A (append), B (cached), C (refresh) or D (full)."""
+        p = self.params
+        n, length = canvas.size, canvas.length
+        delay = p.cache_delay_iter
+        k = ids.size
+        nfe = st.nfe[:, None]
+
+        eligible = st.created & (end[None, :] > st.cache_len[:, None]) & active[:, None]
+        finished_blk = eligible & (st.masks == 0)
+        first_seen = np.where(finished_blk & (st.done_at < 0), nfe, st.done_at)
+        waited = nfe - first_seen
+        stop = eligible & ((st.masks > 0) | (finished_blk & (waited < delay)))
+        first_stop = np.where(stop.any(axis=1), np.argmax(stop, axis=1), k)
+        upto = ids[None, :] <= first_stop[:, None]
+        before = ids[None, :] < first_stop[:, None]
+        st.done_at = np.where(finished_blk & upto, first_seen, st.done_at)
+        to_cache = before & finished_blk & (waited >= delay) & ~st.cached
+        st.cached |= to_cache
+        newest = np.where(to_cache, ids, -1).max(axis=1)
+        upd = np.where(newest >= 0, end[np.maximum(newest, 0)] - st.cache_len, 0)
+
+        stab = st.created & (st.masks == 0) & (st.done_at >= 0) & ~st.cached
+        has_stab = stab.any(axis=1)
+        open_starts = np.where(stab | (st.created & (st.masks > 0)), start[None, :], length)
+        fsp = np.minimum(st.cache_len, open_starts.min(axis=1))
+        run = active & (fsp < st.a)
+
+        periodic = (st.nfe % p.refresh_interval == 0) if p.refresh_interval else np.zeros(n, dtype=bool)
+        if p.reference_exact:  # the reference appends against the (stale) prefix even when a refresh is due
+            refresh = st.has_kv & (upd == 0) & (periodic | has_stab)
+        else:  # a due periodic refresh takes precedence; its full forward also provides the appended blocks
+            refresh = st.has_kv & (periodic | (has_stab & (upd == 0)))
+        append = (upd > 0) & ~refresh  # A: forward after the cached prefix, appending the new blocks
+        cached_read = ~append & ~refresh & st.has_kv  # B
+        lead = 1 if self.family == "dream" else 0
+        new_cache_len = st.cache_len + upd
+        kv_len = np.maximum(new_cache_len - lead, 0)
+
+        plan_start = np.where(append | cached_read, np.maximum(st.cache_len - lead, 0), 0)
+        new_len = np.where(append | cached_read | refresh, kv_len, 0)
+        st.cache_len = np.where(run, new_cache_len, st.cache_len)
+        st.has_kv = st.has_kv | (run & (append | refresh))
+        return StepPlan(run=run, start=plan_start, end=np.full(n, length, dtype=np.int64), cache_length=new_len)
+
+    # -- commit ----------------------------------------------------------------------------------------------------
+    def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, offset: int,
+               plan: StepPlan) -> Commit:
+        p = self.params
+        w0, w1, cand = self.window_candidates(canvas, st.lo, st.a, snapshot=st.snapshot)
+        window = logits[:, w0 - offset : w1 - offset]
+        device = cand.device
+        h = (rules.entropy(window) if p.remasking == "low_confidence"
+             else rules.random_scores(cand.shape, device, self.generator))
+        if self.family == "dream":
+            tokens = rules.multinomial_sample(window, p.temperature, self.generator)
+            transfer = rules.commit_entropy_dream(h, cand, p.threshold)
+        else:
+            tokens = rules.gumbel_sample(window, p.temperature, self.generator)
+            transfer = rules.commit_entropy_llada(h, cand, p.threshold)
+
+        if st.has_f.any():
+            pos = torch.arange(w0, w1, device=device)
+            fs = torch.from_numpy(st.f_start).to(device)[:, None]
+            fe = torch.from_numpy(st.f_end).to(device)[:, None]
+            in_f = (pos >= fs) & (pos < fe) & torch.from_numpy(st.has_f).to(device)[:, None]
+            block_cand = cand & in_f
+            need = in_f.any(-1) & ~(transfer & in_f).any(-1)
+            j = torch.where(block_cand, h, rules.INF).argmin(-1)
+            first = (fs[:, 0] - w0).clamp(0, cand.shape[1] - 1)
+            j = torch.where(block_cand.any(-1), j, first)  # no candidate: the block's first position
+            forced = torch.zeros_like(transfer).scatter_(1, j[:, None], True) & need[:, None]
+            if self.family != "dream" and p.temperature > 0:  # LLaDA forces the argmax, not the sample
+                tokens = torch.where(forced, window.argmax(-1), tokens)
+            transfer = transfer | forced
+        return Commit(w0, transfer, tokens)
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------------
+    def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit) -> None:
+        p = self.params
+        g, n, b = canvas.gen_start, canvas.size, p.block_size
+        committed = torch.zeros(n, canvas.gen_length, dtype=torch.long, device=canvas.device)
+        lo = commit.start - g
+        gen_part = commit.transfer[:, max(0, -lo):]  # commits of prompt masks belong to no block
+        committed[:, max(lo, 0) : max(lo, 0) + gen_part.shape[1]] = gen_part
+        per_block = committed.view(n, -1, b).sum(-1)
+        self._refresh_stats(canvas, st, per_block)
+
+    def _refresh_stats(self, canvas: Canvas, st: MultiBlockState, per_block: torch.Tensor | None = None) -> None:
+        """One device->host transfer: masks per block, first EOS and mask counts around it, commits per block."""
+        g, n, b = canvas.gen_start, canvas.size, self.params.block_size
+        gen = canvas.x[:, g:]
+        is_mask = gen == canvas.mask_id
+        canvas_masks = is_mask.view(n, -1, b).sum(-1)
+        parts = [canvas_masks]
+        if self.early_stop:
+            is_eos = gen == self.eos_id
+            has = is_eos.any(-1)
+            e = is_eos.long().argmax(-1)
+            cum = is_mask.long().cumsum(-1)
+            upto = cum.gather(1, e[:, None])[:, 0]
+            block_first = (e // b) * b
+            before_block = torch.where(block_first > 0, cum.gather(1, (block_first - 1).clamp(min=0)[:, None])[:, 0],
+                                       torch.zeros_like(e))
+            parts.append(torch.stack([torch.where(has, e + g, -1), upto - before_block, upto], dim=1))
+        if per_block is not None:
+            parts.append(per_block)
+        host = torch.cat(parts, dim=1).cpu().numpy()
+        nb = canvas_masks.shape[1]
+        st.canvas_masks = host[:, :nb]
+        st.any_mask = st.canvas_masks.sum(axis=1) > 0
+        col = nb
+        if self.early_stop:
+            st.eos_pos, st.eos_block_masks, st.masks_before_eos = host[:, col], host[:, col + 1], host[:, col + 2]
+            col += 3
+        if per_block is not None:
+            st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - host[:, col : col + nb], 0)

@@ -1,0 +1,168 @@
+"""The decoding engine and its methods: batching, caches, sampling, trajectories, callbacks."""
+
+import pytest
+import torch
+
+import d3llm
+from decoding_models import BLOCK, EOS, GEN, prompts
+
+MB = dict(threshold=0.5, block_add_threshold=0.1, decoded_token_threshold=0.95)
+SETTINGS = {
+    "vanilla": ("vanilla", dict(steps=GEN)),
+    "vanilla_2_per_step": ("vanilla", dict(steps=GEN // 2)),
+    "block_entropy": ("block_entropy", dict(steps=GEN, threshold=0.5)),
+    "fast_dllm_none": ("fast_dllm", dict(steps=GEN, cache="none")),
+    "fast_dllm_prefix": ("fast_dllm", dict(steps=GEN, cache="prefix")),
+    "fast_dllm_dual": ("fast_dllm", dict(steps=GEN, cache="dual")),
+    "fast_dllm_dual_quota": ("fast_dllm", dict(steps=GEN // 4, cache="dual", threshold=None)),
+    "multi_block": ("multi_block", dict(MB)),
+    "multi_block_early_stop": ("multi_block", dict(MB, early_stop=True)),
+    "multi_block_kv_d1": ("multi_block", dict(MB, cache_delay_iter=1)),
+    "multi_block_kv_d2_r3_es": ("multi_block", dict(MB, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
+    "multi_block_kv_exact": ("multi_block", dict(MB, cache_delay_iter=1, refresh_interval=2, reference_exact=True)),
+}
+
+
+def run(model, batch, name, **extra):
+    method, params = SETTINGS[name]
+    return d3llm.generate(model, batch, method, **dict(params, max_new_tokens=GEN, block_size=BLOCK, **extra))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_batch_of_different_lengths_equals_each_row_alone(trained_models, family, name):
+    model = trained_models[family]
+    batch = prompts(5, seed=11)
+    assert len({len(p) for p in batch}) > 1  # really different lengths
+    together = run(model, batch, name)
+    width = together.gen_start
+    for i, p in enumerate(batch):
+        alone = run(model, [p], name)
+        assert together.sequences[i, width:].tolist() == alone.sequences[0, len(p):].tolist(), (name, i)
+        assert together.nfe[i] == alone.nfe[0], (name, i)
+        assert together.commit_step[i].tolist() == alone.commit_step[0].tolist(), (name, i)
+        assert together.tokens[i] == alone.tokens[0]
+        assert together.sequences[i, width - len(p):width].tolist() == p  # the prompt, left-padded
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cache_refreshed_every_step_equals_no_cache(trained_models, family):
+    model = trained_models[family]
+    batch = prompts(6, seed=3)
+    plain = run(model, batch, "multi_block_early_stop")
+    for delay in (1, 2):
+        refreshed = d3llm.generate(model, batch, "multi_block", max_new_tokens=GEN, block_size=BLOCK, early_stop=True,
+                                   cache_delay_iter=delay, refresh_interval=1, **MB)
+        assert torch.equal(refreshed.sequences, plain.sequences)
+        assert torch.equal(refreshed.nfe, plain.nfe)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_cache_that_never_fills_equals_no_cache(trained_models, family):
+    model = trained_models[family]
+    batch = prompts(4, seed=5)
+    plain = run(model, batch, "multi_block")
+    never = d3llm.generate(model, batch, "multi_block", max_new_tokens=GEN, block_size=BLOCK, cache_delay_iter=10000,
+                           **MB)
+    assert torch.equal(never.sequences, plain.sequences) and torch.equal(never.nfe, plain.nfe)
+
+
+def test_delayed_cache_saves_compute_and_stays_close(trained_models):
+    """With D = 1 most steps read the cache; the result is approximate but close to the uncached one."""
+    model = trained_models["llada"]
+    batch = prompts(8, seed=9)
+    plain = run(model, batch, "multi_block")
+    cached = run(model, batch, "multi_block_kv_d1")
+    agree = (cached.sequences == plain.sequences).float().mean()
+    assert agree > 0.9
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("method,params", [
+    ("vanilla", dict(steps=GEN)), ("multi_block", dict(MB, cache_delay_iter=1)),
+    ("fast_dllm", dict(steps=GEN, cache="prefix")), ("block_entropy", dict(steps=GEN)),
+    ("vanilla", dict(steps=GEN, remasking="random", temperature=0.0)),
+])
+def test_sampling_with_a_seed_repeats(trained_models, family, method, params):
+    model = trained_models[family]
+    batch = prompts(3, seed=2)
+    kw = dict(dict(temperature=1.0), **params, max_new_tokens=GEN, block_size=BLOCK)
+    a = d3llm.generate(model, batch, method, seed=123, **kw)
+    b = d3llm.generate(model, batch, method, seed=123, **kw)
+    c = d3llm.generate(model, batch, method, seed=124, **kw)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.nfe, b.nfe)
+    assert not torch.equal(a.sequences, c.sequences)
+
+
+def test_one_token_per_forward_trajectory(trained_models):
+    """Vanilla with steps == max_new_tokens commits exactly one position per forward: commit_step is a permutation,
+    and replaying it reconstructs every intermediate canvas the callback saw."""
+    model = trained_models["llada"]
+    batch = prompts(3, seed=4)
+    seen = []
+    result = d3llm.generate(model, batch, "vanilla", steps=GEN, max_new_tokens=GEN, block_size=BLOCK,
+                            callback=lambda ev: seen.append((ev.step, ev.rows, ev.canvas.clone(), ev.committed.clone())))
+    assert result.nfe.tolist() == [GEN] * 3
+    for row in result.commit_step:
+        assert sorted(row.tolist()) == list(range(GEN))
+    g = result.gen_start
+    for step, rows, canvas, committed in seen:
+        assert committed.sum(dim=1).tolist() == [1] * len(rows)
+        for i, r in enumerate(rows):
+            gen = canvas[i, g:]
+            replay = torch.where(result.commit_step[r] <= step, result.generated[r], torch.tensor(model.mask_token_id))
+            assert torch.equal(gen, replay)
+    # blocks are decoded left to right
+    for row in result.commit_step:
+        firsts = [int(row[b * BLOCK:(b + 1) * BLOCK].min()) for b in range(GEN // BLOCK)]
+        assert firsts == sorted(firsts)
+
+
+def test_early_stop_fills_with_eos_and_saves_forwards(trained_models):
+    model = trained_models["llada"]
+    batch = prompts(6, seed=8)
+    plain = run(model, batch, "multi_block")
+    early = run(model, batch, "multi_block_early_stop")
+    assert int(early.nfe.sum()) < int(plain.nfe.sum())
+    for i, row in enumerate(early.generated.tolist()):
+        if EOS in row:
+            first = row.index(EOS)
+            assert all(t == EOS for t in row[first:])
+            assert early.tokens[i] == row[:first]
+        assert (early.commit_step[i] >= 0).all()
+
+
+def test_rows_leave_the_batch_when_they_finish(trained_models):
+    """A row that finishes early stops taking part in forwards (its NFE is its own)."""
+    model = trained_models["llada"]
+    batch = prompts(6, seed=8)
+    result = run(model, batch, "multi_block_early_stop")
+    assert len(set(result.nfe.tolist())) > 1
+    steps = []
+    run(model, batch, "multi_block_early_stop", callback=lambda ev: steps.append(len(ev.rows)))
+    assert steps == sorted(steps, reverse=True) and steps[-1] < len(batch)
+    assert len(steps) == int(result.nfe.max())
+
+
+def test_tensor_input_with_padding_mask_equals_list_input(trained_models):
+    model = trained_models["dream"]
+    batch = prompts(3, seed=6)
+    width = max(len(p) for p in batch)
+    ids = torch.full((3, width), 0)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for i, p in enumerate(batch):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    a = run(model, batch, "multi_block")
+    b = d3llm.generate(model, ids, "multi_block", attention_mask=mask, max_new_tokens=GEN, block_size=BLOCK, **MB)
+    assert torch.equal(a.sequences[:, width:], b.sequences[:, width:]) and torch.equal(a.nfe, b.nfe)
+
+
+def test_result_figures(trained_models):
+    model = trained_models["llada"]
+    result = run(model, prompts(4, seed=1), "multi_block_early_stop")
+    assert result.num_tokens.tolist() == [len(t) for t in result.tokens]
+    assert result.tokens_per_forward == pytest.approx(result.num_tokens.sum().item() / result.nfe.sum().item())
+    assert 0 < result.model_time < result.wall_time
+    assert result.loop_time == pytest.approx(result.wall_time - result.model_time)
+    assert result.method == "multi_block" and result.params["threshold"] == 0.5

@@ -1,0 +1,92 @@
+"""Bad decoding parameters fail at call time with a clear message, before any forward."""
+
+import pytest
+import torch
+
+import d3llm
+from d3llm import GenerationError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return d3llm.build_model("llada-tiny", seed=0)
+
+
+PROMPT = [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("method,params,message", [
+    ("multi_block", dict(threshold=-0.1), r"multi_block: threshold=-0.1 is outside >= 0.0 \(an entropy threshold"),
+    ("block_entropy", dict(threshold=-1, max_new_tokens=32, block_size=32, steps=32),
+     r"block_entropy: threshold=-1 is outside >= 0.0"),
+    ("fast_dllm", dict(threshold=1.5, max_new_tokens=32, block_size=32, steps=32),
+     r"fast_dllm: threshold=1.5 is outside \[0.0, 1.0\] \(a confidence threshold\)"),
+    ("multi_block", dict(block_add_threshold=1.2), r"block_add_threshold=1.2 is outside \[0.0, 1.0\]"),
+    ("multi_block", dict(decoded_token_threshold=-0.5), r"decoded_token_threshold=-0.5 is outside \[0.0, 1.0\]"),
+    ("multi_block", dict(threshold="high"), r"multi_block: threshold must be a number, got 'high'"),
+    ("multi_block", dict(threshold=float("nan")), r"multi_block: threshold must be a number, got nan"),
+    ("multi_block", dict(block_size=0), r"multi_block: block_size must be an integer >= 1, got 0"),
+    ("vanilla", dict(block_size=-8), r"vanilla: block_size must be an integer >= 1, got -8"),
+    ("multi_block", dict(max_new_tokens=100, block_size=32),
+     r"max_new_tokens=100 is not a multiple of block_size=32; multi_block decodes whole blocks \(use e.g. "
+     r"max_new_tokens=128\)"),
+    ("vanilla", dict(max_new_tokens=48, block_size=32, steps=48), r"vanilla: max_new_tokens=48 is not a multiple"),
+    ("vanilla", dict(max_new_tokens=64, block_size=32, steps=63),
+     r"vanilla: steps=63 must be a multiple of the number of blocks \(max_new_tokens / block_size = 2\)"),
+    ("vanilla", dict(max_new_tokens=64, block_size=32, steps=0), r"vanilla: steps must be an integer >= 1, got 0"),
+    ("vanilla", dict(temperature=-1.0), r"vanilla: temperature=-1.0 is outside >= 0.0"),
+    ("vanilla", dict(remasking="lowest"), r"vanilla: remasking='lowest' is not one of 'low_confidence', 'random'"),
+    ("fast_dllm", dict(cache="full", max_new_tokens=32, block_size=32, steps=32),
+     r"fast_dllm: cache='full' is not one of 'none', 'prefix', 'dual'"),
+    ("multi_block", dict(cache_delay_iter=0), r"multi_block: cache_delay_iter must be an integer >= 1, got 0"),
+    ("multi_block", dict(refresh_interval=2.5), r"multi_block: refresh_interval must be an integer >= 1, got 2.5"),
+    ("multi_block", dict(early_stop="yes"), r"multi_block: early_stop must be True or False, got 'yes'"),
+    ("multi_block", dict(treshold=0.5), r"unknown parameter 'treshold' for method 'multi_block' \(did you mean "
+                                        r"'threshold'\?\)"),
+    ("vanilla", dict(cache="dual"), r"unknown parameter 'cache' for method 'vanilla'"),
+    ("vanilla", dict(gen_length=64, max_new_tokens=64), r"parameter 'max_new_tokens' given twice"),
+])
+def test_bad_parameters(model, method, params, message):
+    with pytest.raises(GenerationError, match=message):
+        d3llm.generate(model, PROMPT, method, **params)
+
+
+def test_unknown_method(model):
+    with pytest.raises(GenerationError, match=r"unknown method 'multiblock' \(did you mean 'multi_block'\?\); "
+                                              r"expected one of vanilla, block_entropy, fast_dllm, multi_block"):
+        d3llm.generate(model, PROMPT, "multiblock")
+
+
+def test_prompt_plus_generation_beyond_the_maximum_length(model):
+    with pytest.raises(GenerationError, match=r"prompt length 500 \+ max_new_tokens 64 = 564 exceeds the model's "
+                                              r"maximum length 512"):
+        d3llm.generate(model, [[1] * 500], "multi_block", max_new_tokens=64, block_size=32)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ([[1, 2], []], r"prompt 1 is empty; every row needs at least one token"),
+    ([], r"input_ids holds no prompt"),
+    (torch.zeros(2, 0, dtype=torch.long), r"prompt 0 is empty"),
+    (torch.zeros(1, 3), r"input_ids must hold integer token ids, got dtype torch.float32"),
+    ([[1, 2, 999]], r"prompt 0 holds token id 999 outside the vocabulary \[0, 128\)"),
+    ([[1, "a"]], r"prompt 0 must be a list of integer token ids"),
+    ("hello", r"input_ids must be a LongTensor \[batch, length\] or a list of token-id lists, got str"),
+])
+def test_bad_prompts(model, bad, message):
+    with pytest.raises(GenerationError, match=message):
+        d3llm.generate(model, bad, "multi_block", max_new_tokens=32, block_size=32)
+
+
+def test_bad_special_ids(model):
+    with pytest.raises(GenerationError, match=r"mask_id=500 is not a token id of this model's vocabulary \[0, 128\)"):
+        d3llm.generate(model, PROMPT, "multi_block", mask_id=500)
+    with pytest.raises(GenerationError, match=r"eos_token_id and mask_id are both 127; they must differ"):
+        d3llm.generate(model, PROMPT, "multi_block", eos_token_id=127)
+    no_mask = d3llm.build_model(d3llm.named_config("llada-tiny").replace(mask_token_id=None))
+    with pytest.raises(GenerationError, match=r"the model config has no mask_token_id; pass mask_id=\.\.\."):
+        d3llm.generate(no_mask, PROMPT, "multi_block", max_new_tokens=32)
+
+
+def test_attention_mask_shape_mismatch(model):
+    with pytest.raises(GenerationError, match=r"attention_mask shape \(1, 2\) differs from input_ids \(1, 3\)"):
+        d3llm.generate(model, torch.tensor(PROMPT), "multi_block", attention_mask=torch.ones(1, 2))
