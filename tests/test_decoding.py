@@ -25,11 +25,25 @@ SETTINGS = {
 
 def run(model, batch, name, **extra):
     method, params = SETTINGS[name]
-    return d3llm.generate(model, batch, method, **dict(params, max_new_tokens=GEN, block_size=BLOCK, **extra))
+    return generate(model, batch, method, **params, **extra)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("name", list(SETTINGS))
+def generate(model, batch, method, **params):
+    params.setdefault("max_new_tokens", GEN)
+    if not (model.family == "dream" and method == "vanilla"):  # Dream's vanilla decoder has a single block
+        params.setdefault("block_size", BLOCK)
+    return d3llm.generate(model, batch, method, **params)
+
+
+DREAM_ONLY = {"dream_vanilla_entropy": ("vanilla", dict(steps=GEN, alg="entropy")),
+              "dream_vanilla_margin": ("vanilla", dict(steps=GEN // 2, alg="topk_margin"))}
+LLADA_ONLY = {"fast_dllm_dual_quota"}
+CASES = [("llada", name) for name in SETTINGS] + [("dream", name) for name in SETTINGS if name not in LLADA_ONLY]
+CASES += [("dream", name) for name in DREAM_ONLY]
+SETTINGS.update(DREAM_ONLY)
+
+
+@pytest.mark.parametrize("family,name", CASES)
 def test_batch_of_different_lengths_equals_each_row_alone(trained_models, family, name):
     model = trained_models[family]
     batch = prompts(5, seed=11)
@@ -86,10 +100,12 @@ def test_delayed_cache_saves_compute_and_stays_close(trained_models):
 def test_sampling_with_a_seed_repeats(trained_models, family, method, params):
     model = trained_models[family]
     batch = prompts(3, seed=2)
-    kw = dict(dict(temperature=1.0), **params, max_new_tokens=GEN, block_size=BLOCK)
-    a = d3llm.generate(model, batch, method, seed=123, **kw)
-    b = d3llm.generate(model, batch, method, seed=123, **kw)
-    c = d3llm.generate(model, batch, method, seed=124, **kw)
+    kw = dict(dict(temperature=1.0), **params)
+    if family == "dream" and kw.get("remasking") == "random":
+        kw = dict(steps=GEN, alg="origin")  # Dream's random decoder: unmasking by chance
+    a = generate(model, batch, method, seed=123, **kw)
+    b = generate(model, batch, method, seed=123, **kw)
+    c = generate(model, batch, method, seed=124, **kw)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.nfe, b.nfe)
     assert not torch.equal(a.sequences, c.sequences)
 

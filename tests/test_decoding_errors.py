@@ -90,3 +90,25 @@ def test_bad_special_ids(model):
 def test_attention_mask_shape_mismatch(model):
     with pytest.raises(GenerationError, match=r"attention_mask shape \(1, 2\) differs from input_ids \(1, 3\)"):
         d3llm.generate(model, torch.tensor(PROMPT), "multi_block", attention_mask=torch.ones(1, 2))
+
+
+@pytest.fixture(scope="module")
+def dream():
+    return d3llm.build_model("dream-tiny", seed=0)
+
+
+@pytest.mark.parametrize("method,params,message", [
+    ("vanilla", dict(max_new_tokens=32, block_size=8),
+     r"vanilla: block_size=8 is not supported on Dream, whose vanilla decoder treats the whole generation \(32 "
+     r"tokens\) as one block; omit block_size"),
+    ("vanilla", dict(max_new_tokens=32, alg="greedy"),
+     r"vanilla: alg='greedy' is not one of 'origin', 'maskgit_plus', 'topk_margin', 'entropy'"),
+    ("vanilla", dict(max_new_tokens=32, top_p=1.5), r"vanilla: top_p=1.5 is outside \[0.0, 1.0\]"),
+    ("block_entropy", dict(max_new_tokens=32, block_size=32, steps=32, remasking="random"),
+     r"block_entropy: remasking='random' is a LLaDA option"),
+    ("fast_dllm", dict(max_new_tokens=32, block_size=32, steps=32, threshold=None),
+     r"fast_dllm: Dream needs a confidence threshold"),
+])
+def test_bad_parameters_for_dream(dream, method, params, message):
+    with pytest.raises(GenerationError, match=message):
+        d3llm.generate(dream, PROMPT, method, **params)

@@ -28,6 +28,7 @@ batched forward over the union of the rows' ranges serves rows that alone would 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from d3llm.errors import ConfigError
@@ -38,8 +39,8 @@ class KVCache:
 
     Attributes:
         keys, values: lists (one per layer) of tensors ``[B, H_kv, capacity, D]``.
-        lengths: ``LongTensor[B]`` on the CPU: valid cached prefix length of each row. Kept on the host so the
-            decoding loop can read it without a device synchronisation.
+        lengths: ``int64[B]`` numpy array: valid cached prefix length of each row. Kept on the host so the
+            decoding loop reads and updates it without touching the device.
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class KVCache:
         shape = (batch_size, num_kv_heads, capacity, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long)
+        self.lengths = np.zeros(batch_size, dtype=np.int64)
 
     # -- sizes ----------------------------------------------------------------------------------------------------
     @property
@@ -80,13 +81,13 @@ class KVCache:
     def length(self) -> int:
         """The common cached length of all rows; an error if rows differ (use ``lengths`` then)."""
         first = int(self.lengths[0])
-        if bool((self.lengths != first).any()):
+        if (self.lengths != first).any():
             raise ValueError(f"cache rows hold different lengths {self.lengths.tolist()}; read .lengths instead")
         return first
 
     @property
     def max_length(self) -> int:
-        return int(self.lengths.max()) if self.lengths.numel() else 0
+        return int(self.lengths.max()) if self.lengths.size else 0
 
     def __repr__(self) -> str:
         k = self.keys[0]
@@ -96,20 +97,26 @@ class KVCache:
         )
 
     # -- operations used by the decoders ---------------------------------------------------------------------------
-    def truncate(self, n: int | torch.Tensor) -> "KVCache":
-        """Keep at most the first ``n`` positions of every row (``n`` an int or a ``[B]`` tensor). In place."""
-        n_t = torch.as_tensor(n, dtype=torch.long).cpu()
-        if bool((n_t < 0).any()):
-            raise ValueError(f"cannot truncate a cache to a negative length {n_t.tolist()}")
-        self.lengths = torch.minimum(self.lengths, n_t.expand_as(self.lengths))
+    @staticmethod
+    def _as_lengths(n) -> np.ndarray:
+        if isinstance(n, torch.Tensor):
+            n = n.detach().cpu().numpy()
+        return np.asarray(n, dtype=np.int64)
+
+    def truncate(self, n: int | np.ndarray | torch.Tensor) -> "KVCache":
+        """Keep at most the first ``n`` positions of every row (``n`` an int or ``[B]`` values). In place."""
+        n_a = self._as_lengths(n)
+        if (n_a < 0).any():
+            raise ValueError(f"cannot truncate a cache to a negative length {n_a.tolist()}")
+        self.lengths = np.minimum(self.lengths, n_a)
         return self
 
-    def set_lengths(self, lengths: int | torch.Tensor) -> "KVCache":
+    def set_lengths(self, lengths: int | np.ndarray | torch.Tensor) -> "KVCache":
         """Declare the valid prefix of each row (growing means: the buffer content up to there is now cached)."""
-        n_t = torch.as_tensor(lengths, dtype=torch.long).cpu().expand_as(self.lengths).clone()
-        if bool((n_t < 0).any()) or bool((n_t > self.capacity).any()):
-            raise ValueError(f"cache lengths {n_t.tolist()} outside [0, {self.capacity}]")
-        self.lengths = n_t
+        n_a = np.broadcast_to(self._as_lengths(lengths), self.lengths.shape).copy()
+        if (n_a < 0).any() or (n_a > self.capacity).any():
+            raise ValueError(f"cache lengths {n_a.tolist()} outside [0, {self.capacity}]")
+        self.lengths = n_a
         return self
 
     def select_rows(self, rows: torch.Tensor | list[int]) -> "KVCache":
@@ -119,7 +126,7 @@ class KVCache:
         device_rows = rows_t.to(self.keys[0].device)
         out.keys = [k.index_select(0, device_rows) for k in self.keys]
         out.values = [v.index_select(0, device_rows) for v in self.values]
-        out.lengths = self.lengths.index_select(0, rows_t.cpu())
+        out.lengths = self.lengths[rows_t.cpu().numpy()]
         return out
 
     def clone(self) -> "KVCache":

@@ -11,7 +11,7 @@ import torch
 
 from d3llm.decoding.canvas import build_canvas, normalize_prompts
 from d3llm.decoding.engine import DecodingEngine
-from d3llm.decoding.methods import METHODS
+from d3llm.decoding.methods import METHODS, method_class
 from d3llm.decoding.result import GenerationResult, StepEvent
 from d3llm.errors import GenerationError
 
@@ -34,7 +34,8 @@ def generate(
         model: a :class:`~d3llm.models.DiffusionLM` (LLaDA or Dream).
         input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is left-padded) or a list of token-id lists
             of different lengths (left-padded inside).
-        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``.
+        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``. Family rules follow the model
+            (e.g. ``vanilla`` on Dream is Dream's timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
         mask_id, eos_token_id: default to the model config's ``mask_token_id`` / ``eos_token_id``. The EOS id cuts
             ``result.tokens`` and drives ``early_stop``.
         seed: seeds the sampler (temperature > 0, random remasking) so that results repeat.
@@ -51,7 +52,7 @@ def generate(
         close = difflib.get_close_matches(str(method), METHODS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise GenerationError(f"unknown method {method!r}{hint}; expected one of {', '.join(METHODS)}")
-    cls = METHODS[method]
+    cls = method_class(method, model.family)
     resolved = cls.Params.from_kwargs(method, params)
     config = model.config
 

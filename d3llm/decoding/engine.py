@@ -44,39 +44,40 @@ class DecodingEngine:
         """Decode until every row finishes. Returns (final canvases ``[B, L]``, NFE ``[B]``, commit steps
         ``[B, N]``)."""
         canvas, method = self.canvas, self.method
-        batch, n_gen, g = canvas.size, canvas.gen_length, canvas.gen_start
+        batch, n_gen = canvas.size, canvas.gen_length
         out = canvas.x.clone()
         nfe = np.zeros(batch, dtype=np.int64)
-        steps_all = torch.full((batch, n_gen), -1, dtype=torch.long, device=canvas.device)
-        steps = steps_all.clone()  # rows still decoding
+        steps_all = np.full((batch, n_gen), -1, dtype=np.int64)
+        steps = steps_all.copy()  # rows still decoding
         state = method.init_state(canvas)
         cache = self.model.new_cache(batch, canvas.length) if method.uses_cache else None
 
         for step in range(self.max_steps):
             plan = method.plan(canvas, state, step)
-            if plan.canvas_edited:
-                self._record(canvas, steps, step)
             if not plan.run.all():
                 gone = np.flatnonzero(~plan.run)
+                gen = self._to_host(canvas.x[:, canvas.gen_start:])
+                self._record(steps, gen[gone], step, rows=gone)  # e.g. early-stop fills
                 self._retire(canvas, steps, gone, out, steps_all)
                 keep = np.flatnonzero(plan.run)
                 if keep.size == 0:
                     break
-                canvas, steps, plan = canvas.select(keep), steps[torch.as_tensor(keep, device=steps.device)], plan.select(keep)
+                canvas, steps, plan = canvas.select(keep), steps[keep], plan.select(keep)
                 state = state.select(keep)
                 if cache is not None:
                     cache = cache.select_rows(keep)
             logits, offset = self._forward(canvas, cache, plan)
             commit = method.commit(canvas, state, logits, offset, plan)
             self._apply(canvas, commit)
-            self._record(canvas, steps, step)
+            host = self._to_host(canvas.x)  # the iteration's one device -> host transfer
+            self._record(steps, host[:, canvas.gen_start:], step)
             nfe[canvas.rows] += 1
             if self.callback is not None:
                 self.callback(self._event(canvas, commit, step))
-            method.update(canvas, state, commit)
+            method.update(canvas, state, commit, host)
         else:  # the step cap: keep whatever is decoded
             self._retire(canvas, steps, np.arange(canvas.size), out, steps_all)
-        return out, torch.from_numpy(nfe), steps_all
+        return out, torch.from_numpy(nfe), torch.from_numpy(steps_all)
 
     # -- pieces --------------------------------------------------------------------------------------------------------
     def _forward(self, canvas: Canvas, cache: KVCache | None, plan: StepPlan) -> tuple[torch.Tensor, int]:
@@ -87,10 +88,10 @@ class DecodingEngine:
         else:
             s, e = int(plan.start.min()), int(plan.end.max())
             uniform = bool((plan.start == s).all() and (plan.end == e).all())
-            write_range = None if uniform else (torch.from_numpy(plan.start), torch.from_numpy(plan.end))
+            write_range = None if uniform else (plan.start, plan.end)
             logits = self.model(canvas.x[:, s:e], attention_mask=canvas.attention_mask, cache=cache, start=s,
                                 append=0, write_range=write_range).logits
-            cache.set_lengths(torch.from_numpy(plan.cache_length))
+            cache.set_lengths(plan.cache_length)
             offset = s
         if self._sync:
             torch.cuda.synchronize(canvas.device)
@@ -99,27 +100,33 @@ class DecodingEngine:
 
     @staticmethod
     def _apply(canvas: Canvas, commit: Commit) -> None:
-        w0, w1 = commit.start, commit.start + commit.transfer.shape[1]
-        window = canvas.x[:, w0:w1]
-        canvas.x[:, w0:w1] = torch.where(commit.transfer, commit.tokens, window)
+        if commit.positions is None:
+            w0, w1 = commit.start, commit.start + commit.transfer.shape[1]
+            canvas.x[:, w0:w1] = torch.where(commit.transfer, commit.tokens, canvas.x[:, w0:w1])
+        else:
+            old = canvas.x.gather(1, commit.positions)
+            canvas.x.scatter_(1, commit.positions, torch.where(commit.transfer, commit.tokens, old))
 
     @staticmethod
-    def _record(canvas: Canvas, steps: torch.Tensor, step: int) -> None:
+    def _to_host(t: torch.Tensor) -> np.ndarray:
+        """A host copy (never a view: the canvas keeps changing in place)."""
+        return t.numpy().copy() if t.device.type == "cpu" else t.cpu().numpy()
+
+    def _record(self, steps: np.ndarray, gen: np.ndarray, step: int, rows: np.ndarray | None = None) -> None:
         """Positions of the generation region that stopped being masked get this step's index."""
-        newly = (canvas.x[:, canvas.gen_start:] != canvas.mask_id) & (steps < 0)
-        steps.masked_fill_(newly, step)
+        view = steps if rows is None else steps[rows]
+        view[(gen != self.canvas.mask_id) & (view < 0)] = step
+        if rows is not None:
+            steps[rows] = view
 
     @staticmethod
-    def _retire(canvas: Canvas, steps: torch.Tensor, gone: np.ndarray, out: torch.Tensor,
-                steps_all: torch.Tensor) -> None:
+    def _retire(canvas: Canvas, steps: np.ndarray, gone: np.ndarray, out: torch.Tensor,
+                steps_all: np.ndarray) -> None:
         rows = torch.as_tensor(canvas.rows[gone], dtype=torch.long, device=out.device)
-        local = torch.as_tensor(gone, dtype=torch.long, device=out.device)
-        out[rows] = canvas.x.index_select(0, local)
-        steps_all[rows] = steps.index_select(0, local)
+        out[rows] = canvas.x.index_select(0, torch.as_tensor(gone, dtype=torch.long, device=out.device))
+        steps_all[canvas.rows[gone]] = steps[gone]
 
-    @staticmethod
-    def _event(canvas: Canvas, commit: Commit, step: int) -> StepEvent:
-        committed = torch.zeros_like(canvas.x, dtype=torch.bool)
-        committed[:, commit.start : commit.start + commit.transfer.shape[1]] = commit.transfer
+    def _event(self, canvas: Canvas, commit: Commit, step: int) -> StepEvent:
+        committed = torch.zeros_like(canvas.x, dtype=torch.bool).scatter_(1, commit.columns(), commit.transfer)
         return StepEvent(step=step, rows=canvas.rows.tolist(), canvas=canvas.x, committed=committed,
-                         gen_start=canvas.gen_start)
+                         gen_start=canvas.gen_start, block_size=getattr(self.method.params, "block_size", None))

@@ -75,6 +75,7 @@ class StepEvent:
         canvas: ``[n, G + N]`` their canvases after the step (a view: copy it to keep it).
         committed: ``[n, G + N]`` bool, the positions filled in this step.
         gen_start: G, the first generated column.
+        block_size: the decoder's block size (None for single-block decoders).
     """
 
     step: int
@@ -82,3 +83,4 @@ class StepEvent:
     canvas: torch.Tensor
     committed: torch.Tensor
     gen_start: int
+    block_size: int | None = None

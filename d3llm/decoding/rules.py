@@ -18,8 +18,24 @@ INF = float("inf")
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Predictive entropy ``[B, W]`` (float64, nats) of logits ``[B, W, V]``."""
+    return entropy_and_probs(logits)[0]
+
+
+def entropy_and_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy ``[B, W]`` and the float64 probabilities ``[B, W, V]`` it was computed from."""
     p = F.softmax(logits.to(torch.float64), dim=-1)
-    return -torch.sum(p * torch.log(p + 1e-12), dim=-1)
+    return -torch.sum(p * torch.log(p + 1e-12), dim=-1), p
+
+
+def argmax_excluding(probs: torch.Tensor, exclude: int | None) -> torch.Tensor:
+    """Greedy tokens from float64 probabilities, never ``exclude``, modifying ``probs`` in place.
+
+    The same tokens as the argmax of the logits: softmax in float64 keeps every strict order of float32 or
+    bfloat16 logits, and ties stay ties (the first index wins in both).
+    """
+    if exclude is not None:
+        probs[..., exclude] = -1.0
+    return probs.argmax(dim=-1)
 
 
 def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -28,20 +44,36 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """LLaDA sampling: argmax at T = 0, else float64 Gumbel-max ``argmax(exp(l) / (-ln U)^T)``, U ~ U(0, 1)."""
+def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                  exclude: int | None = None) -> torch.Tensor:
+    """LLaDA sampling: argmax at T = 0, else float64 Gumbel-max ``argmax(exp(l) / (-ln U)^T)``, U ~ U(0, 1).
+
+    ``exclude`` (the mask id) is never chosen. The reference can "commit" the mask token when a model ranks it first
+    (the position then stays masked and decoding spins to the step cap); a trained model never does, so excluding
+    it changes nothing else.
+    """
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        if exclude is None:
+            return logits.argmax(dim=-1)
+        top2 = logits.topk(2, dim=-1).indices
+        return torch.where(top2[..., 0] == exclude, top2[..., 1], top2[..., 0])
     l64 = logits.to(torch.float64)
     noise = torch.rand(l64.shape, dtype=torch.float64, device=l64.device, generator=generator)
-    return (l64.exp() / (-torch.log(noise)) ** temperature).argmax(dim=-1)
+    scores = l64.exp() / (-torch.log(noise)) ** temperature
+    if exclude is not None:
+        scores[..., exclude] = -INF
+    return scores.argmax(dim=-1)
 
 
-def multinomial_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Dream sampling: argmax at T = 0, else ``multinomial(softmax(l / T))`` at every position."""
+def multinomial_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                       exclude: int | None = None) -> torch.Tensor:
+    """Dream sampling: argmax at T = 0, else ``multinomial(softmax(l / T))`` at every position (``exclude``: as in
+    :func:`gumbel_sample`)."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return gumbel_sample(logits, 0.0, None, exclude)
     probs = F.softmax(logits / temperature, dim=-1)
+    if exclude is not None:
+        probs[..., exclude] = 0.0
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
@@ -51,19 +83,19 @@ def random_scores(shape: torch.Size, device, generator: torch.Generator | None) 
     return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
 
 
-def _best_one(scores: torch.Tensor, candidates: torch.Tensor, lowest: bool) -> torch.Tensor:
-    """One-hot ``[B, W]`` of the best candidate per row (none for rows without candidates)."""
-    fill = INF if lowest else -INF
-    masked = torch.where(candidates, scores, fill)
-    idx = masked.argmin(dim=-1) if lowest else masked.argmax(dim=-1)
-    one = torch.zeros_like(candidates)
-    one.scatter_(1, idx.unsqueeze(1), True)
-    return one & candidates
+def add_best(transfer: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor, lowest: bool,
+             non_candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """Add to ``transfer`` (in place) the best-scoring candidate of each row that has one (``transfer`` holds only
+    candidates; ``non_candidates``, if given, is ``~candidates``)."""
+    masked = scores.masked_fill(~candidates if non_candidates is None else non_candidates, INF if lowest else -INF)
+    best = masked.argmin(-1, keepdim=True) if lowest else masked.argmax(-1, keepdim=True)
+    return transfer.scatter_(1, best, candidates.gather(1, best) | transfer.gather(1, best))
 
 
-def commit_entropy_llada(h: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
+def commit_entropy_llada(h: torch.Tensor, candidates: torch.Tensor, threshold: float,
+                         non_candidates: torch.Tensor | None = None) -> torch.Tensor:
     """``ENT_LLADA``: the lowest-entropy candidate always, the others iff ``H <= threshold``."""
-    return (candidates & (h <= threshold)) | _best_one(h, candidates, lowest=True)
+    return add_best(candidates & (h <= threshold), h, candidates, lowest=True, non_candidates=non_candidates)
 
 
 def commit_entropy_dream(h: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -73,7 +105,7 @@ def commit_entropy_dream(h: torch.Tensor, candidates: torch.Tensor, threshold: f
 
 def commit_confidence(conf: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
     """``CONF_THR`` (Fast-dLLM): the most confident candidate always, the others iff ``conf >= threshold``."""
-    return (candidates & (conf >= threshold)) | _best_one(conf, candidates, lowest=False)
+    return add_best(candidates & (conf >= threshold), conf, candidates, lowest=False)
 
 
 def commit_quota(conf: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor, k_max: int) -> torch.Tensor:
@@ -85,5 +117,70 @@ def commit_quota(conf: torch.Tensor, candidates: torch.Tensor, quota: torch.Tens
     masked = torch.where(candidates, conf, -INF)
     _, idx = torch.topk(masked, k=min(k_max, masked.shape[1]), dim=-1)
     keep = torch.arange(idx.shape[1], device=idx.device)[None, :] < quota[:, None].to(idx.device)
+    out.scatter_(1, idx, keep)
+    return out & candidates
+
+
+# -- Dream's sampling helpers (SPEC 4.2, 4.4): computed in the logits' dtype, as the Dream reference does ---------
+
+def filter_top_p_top_k(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Nucleus and top-k filtering: removed entries get the dtype's minimum (not -inf)."""
+    floor = torch.finfo(logits.dtype).min
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        remove = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1) > top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # keep the first entry over the threshold
+        remove[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(remove).scatter(-1, order, remove), floor)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = logits.masked_fill(logits < kth, floor)
+    return logits
+
+
+def dream_sample(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
+                 score: str, generator: torch.Generator | None, exclude: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dream's ``sample_tokens``: tokens from the processed distribution and a score per position.
+
+    ``score``: ``"confidence"`` (probability of the chosen token), ``"margin"`` (top-1 minus top-2 probability) or
+    ``"neg_entropy"`` (``sum p ln(p + 1e-10)`` of the processed distribution). ``exclude`` (the mask id) gets no
+    probability. Returns ``(score, tokens)``.
+    """
+    if temperature > 0:
+        logits = logits / temperature
+    probs = torch.softmax(filter_top_p_top_k(logits, top_p, top_k), dim=-1)
+    if exclude is not None:
+        probs[..., exclude] = 0.0
+    if temperature > 0:
+        flat = probs.reshape(-1, probs.shape[-1]).float()
+        tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+        conf = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    else:
+        conf, tokens = probs.max(dim=-1)
+    if score == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        conf = top2[..., 0] - top2[..., 1]
+    elif score == "neg_entropy":
+        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return conf, tokens
+
+
+def dream_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """dParallel-Dream's entropy: in the logits' dtype, ``-sum p ln(p + 1e-8)``."""
+    p = torch.softmax(logits, dim=-1)
+    return -torch.sum(p * torch.log(p + 1e-8), dim=-1)
+
+
+def commit_lowest_k(score: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, k_max: int,
+                    threshold: float) -> torch.Tensor:
+    """``ENT_DPAR_DREAM``: among the ``k[b]`` lowest-score candidates, the lowest always and the others iff
+    ``score < threshold``."""
+    out = torch.zeros_like(candidates)
+    if k_max <= 0:
+        return out
+    vals, idx = torch.topk(torch.where(candidates, score, INF), min(k_max, score.shape[1]), dim=-1, largest=False)
+    rank = torch.arange(idx.shape[1], device=idx.device)[None, :]
+    keep = (rank < k[:, None]) & ((rank == 0) | (vals < threshold)) & torch.isfinite(vals)
     out.scatter_(1, idx, keep)
     return out & candidates

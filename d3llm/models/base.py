@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +49,7 @@ class DiffusionLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self._rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- to implement ----------------------------------------------------------------------------------------------
     def backbone(self, input_ids: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:  # pragma: no cover
@@ -130,7 +132,7 @@ class DiffusionLM(nn.Module):
             n = seq if append is None else append
             if not 0 <= n <= seq:
                 raise ValueError(f"append={append} must lie in [0, {seq}] (the forwarded length)")
-            cache.lengths = torch.maximum(cache.lengths, torch.tensor(plan.start + n))
+            cache.lengths = np.maximum(cache.lengths, plan.start + n)
         return ModelOutput(logits=logits, cache=cache)
 
     def _plan(
@@ -165,21 +167,21 @@ class DiffusionLM(nn.Module):
         row_key_end = None
         if cache is not None:
             if write_range is None:
-                lo = torch.full((bsz,), start, dtype=torch.long)
-                hi = torch.full((bsz,), start + seq, dtype=torch.long)
+                lo, hi = start, start + seq
             else:
-                lo, hi = (torch.as_tensor(t, dtype=torch.long).cpu() for t in write_range)
-                if lo.shape != (bsz,) or hi.shape != (bsz,) or bool(((lo < start) | (hi > start + seq)).any()):
-                    raise ValueError(f"write_range must be two [batch] tensors within [{start}, {start + seq}]")
-                write_mask = (query_pos[None, :] >= lo.to(device)[:, None]) & (query_pos[None, :] < hi.to(device)[:, None])
-            if bool((lo > cache.lengths).any()):
+                lo, hi = (KVCache._as_lengths(t) for t in write_range)
+                if lo.shape != (bsz,) or hi.shape != (bsz,) or ((lo < start) | (hi > start + seq)).any():
+                    raise ValueError(f"write_range must be two [batch] arrays within [{start}, {start + seq}]")
+                lo_t, hi_t = torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device)
+                write_mask = (query_pos[None, :] >= lo_t[:, None]) & (query_pos[None, :] < hi_t[:, None])
+            if (cache.lengths < lo).any():
                 raise ValueError(
-                    f"the forward writes from position(s) {lo.tolist()} but the cache rows hold only "
-                    f"{cache.lengths.tolist()} positions; a gap would be attended as garbage"
+                    f"the forward writes from position(s) {np.broadcast_to(lo, (bsz,)).tolist()} but the cache rows "
+                    f"hold only {cache.lengths.tolist()} positions; a gap would be attended as garbage"
                 )
-            ends = torch.maximum(cache.lengths, hi)
-            if bool((ends < kv_end).any()):
-                row_key_end = ends.to(device)
+            ends = np.maximum(cache.lengths, hi)
+            if (ends < kv_end).any():
+                row_key_end = torch.from_numpy(ends).to(device)
 
         if attention_mask is not None:
             attention_mask = attention_mask.to(device)
@@ -188,12 +190,14 @@ class DiffusionLM(nn.Module):
         # Rotary positions: explicit, else from the padding mask (left padding shifts them), else canvas indices.
         if position_ids is not None:
             positions = position_ids.to(device).expand(bsz, seq)
-        elif mask is not None:
-            counted = (mask.long().cumsum(-1) - 1).clamp(min=0) + origin
-            positions = counted[:, start - origin : start - origin + seq]
+            cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         else:
-            positions = query_pos.expand(bsz, seq)
-        cos, sin = rotary_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+            if mask is not None:
+                counted = (mask.long().cumsum(-1) - 1).clamp(min=0) + origin
+                positions = counted[:, start - origin : start - origin + seq]
+            else:
+                positions = query_pos.expand(bsz, seq)
+            cos, sin = self._rotary_lookup(positions, start + seq, device)
 
         # Which keys each query may attend to.
         allowed = None
@@ -211,6 +215,19 @@ class DiffusionLM(nn.Module):
             allowed = allowed.expand(bsz, 1, seq, kv_end - key_start)
         return AttentionPlan(positions=positions, cos=cos, sin=sin, attn_mask=allowed, cache=cache, start=start,
                              kv_end=kv_end, write_mask=write_mask)
+
+    def _rotary_lookup(self, positions: torch.Tensor, bound: int, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``cos, sin`` ``[B, 1, T, D]`` for positions below ``bound``, from a table built once per device
+        (the same values :func:`rotary_cos_sin` computes)."""
+        table = self._rope_tables.get(device)
+        if table is None or table[0].shape[0] < bound:
+            size = max(bound, min(self.config.max_length, 4096))
+            cos, sin = rotary_cos_sin(torch.arange(size, device=device)[None, :], self.config.head_dim,
+                                      self.config.rope_theta)
+            table = (cos[0, 0], sin[0, 0])
+            self._rope_tables[device] = table
+        return table[0][positions][:, None], table[1][positions][:, None]
 
     @staticmethod
     def _padding_mask(

@@ -6,11 +6,11 @@ timing and callbacks. A method only supplies the step rules, in three calls per 
 1. :meth:`DecodingMethod.plan` -- which rows still decode and, per row, which canvas slice to forward and how long
    the cache is afterwards (a method may also edit the canvas here, e.g. early stop);
 2. :meth:`DecodingMethod.commit` -- given the logits, which masked positions to fill with which tokens;
-3. :meth:`DecodingMethod.update` -- bookkeeping once the commit is applied.
+3. :meth:`DecodingMethod.update` -- bookkeeping once the commit is applied, given the canvas copied to the host
+   (the engine's one device-to-host transfer per iteration).
 
 Per-row method state lives in numpy arrays on the host (block counters are a handful of integers per row; numpy
-keeps them cheap) and token work stays on the device. Each method synchronises device and host once per
-iteration, in :meth:`update`.
+keeps them cheap) and token work stays on the device.
 """
 
 from __future__ import annotations
@@ -36,27 +36,37 @@ class StepPlan:
         start, end: ``[n]`` the canvas slice ``[start, end)`` the row needs logits for. Without a cache every row
             forwards the whole canvas (start 0, end L).
         cache_length: ``[n]`` the row's valid cached prefix after the forward (cache methods only).
-        canvas_edited: the method changed the canvas while planning (e.g. early stop filled it with EOS).
     """
 
     run: np.ndarray
     start: np.ndarray
     end: np.ndarray
     cache_length: np.ndarray | None = None
-    canvas_edited: bool = False
 
     def select(self, keep: np.ndarray) -> "StepPlan":
         return StepPlan(self.run[keep], self.start[keep], self.end[keep],
-                        None if self.cache_length is None else self.cache_length[keep], self.canvas_edited)
+                        None if self.cache_length is None else self.cache_length[keep])
 
 
 @dataclass
 class Commit:
-    """Positions ``[start, start + W)`` of the window where ``transfer`` (``[n, W]`` bool) is set get ``tokens``."""
+    """What a step commits: where ``transfer`` (``[n, K]`` bool) is set, the position gets ``tokens`` (``[n, K]``).
 
-    start: int
+    Positions are either the window ``[start, start + K)`` of every row (``start`` set) or per-row canvas columns
+    ``positions`` ``[n, K]`` (a row's padding entries repeat one column, with ``transfer`` False there).
+    """
+
     transfer: torch.Tensor
     tokens: torch.Tensor
+    start: int | None = None
+    positions: torch.Tensor | None = None
+
+    def columns(self) -> torch.Tensor:
+        """``[n, K]`` the canvas column of every entry."""
+        if self.positions is not None:
+            return self.positions
+        n, k = self.transfer.shape
+        return torch.arange(self.start, self.start + k, device=self.transfer.device).expand(n, k)
 
 
 class MethodState:
@@ -172,7 +182,9 @@ class DecodingMethod:
                plan: StepPlan) -> Commit:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def update(self, canvas: Canvas, state: MethodState, commit: Commit) -> None:  # pragma: no cover - abstract
+    def update(self, canvas: Canvas, state: MethodState, commit: Commit,
+               host: np.ndarray) -> None:  # pragma: no cover - abstract
+        """``host``: ``[n, L]`` the canvas after the commit, on the host."""
         raise NotImplementedError
 
     # -- helpers for subclasses ----------------------------------------------------------------------------------------

@@ -20,6 +20,13 @@
 
 Our cache stores keys after RoPE; the reference Fast-dLLM model caches them before RoPE and rotates on every call:
 mathematically the same, not bit-identical.
+
+Dream (SPEC 4.3, 4.4; its vanilla decoder is :mod:`~d3llm.decoding.methods.dream_vanilla`): ``block_entropy``
+commits, among the (masks left in the block) lowest-entropy candidates, the lowest and every one with entropy
+``< threshold`` (entropy in the logits' dtype, ``ln(p + 1e-8)``); ``fast_dllm`` spends each block's first forward
+on the block's first position only (a block-local forward cannot score it: Dream's logits are shifted), then
+commits the most confident mask plus every mask with confidence ``>= threshold``. Sampling is multinomial at every
+position.
 """
 
 from __future__ import annotations
@@ -78,12 +85,13 @@ class FastDLLMParams(VanillaParams):
 
 @dataclass
 class BlockState(MethodState):
-    row_fields = ("block", "step", "quota", "inner", "done")
+    row_fields = ("block", "step", "quota", "inner", "done", "left")
     block: np.ndarray  # [n] current generation block (0-based)
     step: np.ndarray  # [n] steps taken in the current block
     quota: np.ndarray  # [n, steps per block] tokens to commit at each step (quota mode)
-    inner: np.ndarray  # [n] the block-initial full forward is done (cached Fast-dLLM)
+    inner: np.ndarray  # [n] the block-initial forward is done (cached Fast-dLLM, Dream Fast-dLLM)
     done: np.ndarray  # [n] every block is decoded
+    left: np.ndarray | None = None  # [n] masks left in the current block
     prompt_has_masks: bool = False
 
 
@@ -91,6 +99,21 @@ class BlockSequential(DecodingMethod):
     """Shared loop of ``vanilla``, ``block_entropy`` and ``fast_dllm``; ``rule`` picks the commit rule."""
 
     rule: str = "quota"  # quota | entropy | confidence
+
+    def __init__(self, params, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        if self.family == "dream":
+            if params.remasking != "low_confidence":
+                raise GenerationError(f"{self.name}: remasking={params.remasking!r} is a LLaDA option; Dream ranks "
+                                      f"by entropy or confidence")
+            if self.rule == "confidence" and params.threshold is None:
+                raise GenerationError(f"{self.name}: Dream needs a confidence threshold (threshold=None selects "
+                                      f"LLaDA's quota schedule)")
+
+    @property
+    def phased(self) -> bool:
+        """Blocks start with a dedicated forward (cached Fast-dLLM, and Dream's Fast-dLLM in every cache mode)."""
+        return self.uses_cache or (self.family == "dream" and self.rule == "confidence")
 
     @property
     def cache_mode(self) -> str:
@@ -111,19 +134,18 @@ class BlockSequential(DecodingMethod):
         base, rem = masks // s, masks % s
         return base[:, None] + (np.arange(s)[None, :] < rem[:, None])
 
-    def _block_counts(self, canvas: Canvas) -> np.ndarray:
-        """``[n, blocks]`` masks left in every generation block (the one host synchronisation of a step)."""
-        b = self.params.block_size
-        gen = canvas.x[:, canvas.gen_start:] == canvas.mask_id
-        return gen.view(canvas.size, -1, b).sum(-1).cpu().numpy()
+    def _block_counts(self, canvas: Canvas, host: np.ndarray) -> np.ndarray:
+        """``[n, blocks]`` masks left in every generation block (``host``: the canvas on the host)."""
+        gen = host[:, canvas.gen_start:]
+        return (gen == canvas.mask_id).reshape(canvas.size, -1, self.params.block_size).sum(-1)
 
     def init_state(self, canvas: Canvas) -> BlockState:
         n = canvas.size
-        counts = self._block_counts(canvas)
+        counts = self._block_counts(canvas, canvas.x.cpu().numpy())
         prompt_masks = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
         return BlockState(block=np.zeros(n, dtype=np.int64), step=np.zeros(n, dtype=np.int64),
                           quota=self._quota(counts[:, 0]), inner=np.zeros(n, dtype=bool),
-                          done=np.zeros(n, dtype=bool), prompt_has_masks=prompt_masks)
+                          done=np.zeros(n, dtype=bool), left=counts[:, 0].copy(), prompt_has_masks=prompt_masks)
 
     def plan(self, canvas: Canvas, state: BlockState, step: int) -> StepPlan:
         run = ~state.done
@@ -149,7 +171,9 @@ class BlockSequential(DecodingMethod):
         lo = np.where(state.inner, bs, first)  # block-initial and uncached steps: every mask before the block end
         w0, w1, cand = self.window_candidates(canvas, lo, be)
         window = logits[:, w0 - offset : w1 - offset]
-        tokens = rules.gumbel_sample(window, p.temperature, self.generator)
+        if self.family == "dream":
+            return Commit(*self._dream_rule(state, window, cand, bs - w0), start=w0)
+        tokens = rules.gumbel_sample(window, p.temperature, self.generator, exclude=self.mask_id)
         if self.rule == "entropy":
             score = (rules.entropy(window) if p.remasking == "low_confidence"
                      else rules.random_scores(cand.shape, cand.device, self.generator))
@@ -163,14 +187,34 @@ class BlockSequential(DecodingMethod):
                 i = np.minimum(state.step, state.quota.shape[1] - 1)
                 quota = np.where(state.step < state.quota.shape[1], state.quota[np.arange(canvas.size), i], 1)
                 transfer = rules.commit_quota(score, cand, torch.from_numpy(quota).to(cand.device), int(quota.max()))
-        return Commit(w0, transfer, tokens)
+        return Commit(transfer, tokens, start=w0)
 
-    def update(self, canvas: Canvas, state: BlockState, commit: Commit) -> None:
-        counts = self._block_counts(canvas)
+    def _dream_rule(self, state: BlockState, window: torch.Tensor, cand: torch.Tensor, block_col: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dream's commit rules (module docstring); ``block_col`` is each row's block start in window columns."""
+        p = self.params
+        if self.rule == "entropy":
+            tokens = rules.multinomial_sample(window, p.temperature, self.generator, exclude=self.mask_id)
+            left = torch.from_numpy(state.left).to(cand.device)
+            return rules.commit_lowest_k(rules.dream_entropy(window), cand, left, int(state.left.max()),
+                                         p.threshold), tokens
+        conf, tokens = rules.dream_sample(window, p.temperature, None, None, "confidence", self.generator,
+                                          exclude=self.mask_id)
+        transfer = rules.commit_confidence(conf, cand, p.threshold)
+        if not state.inner.all():  # block-initial forward: only the block's first position
+            col = torch.from_numpy(block_col).to(cand.device)[:, None]
+            first = torch.arange(cand.shape[1], device=cand.device)[None, :] == col
+            inner = torch.from_numpy(state.inner).to(cand.device)[:, None]
+            transfer = torch.where(inner, transfer, first)
+        return transfer, tokens
+
+    def update(self, canvas: Canvas, state: BlockState, commit: Commit, host: np.ndarray) -> None:
+        counts = self._block_counts(canvas, host)
         rows = np.arange(canvas.size)
         left = counts[rows, np.minimum(state.block, counts.shape[1] - 1)]
+        state.left = left
         state.step += 1
-        if self.uses_cache:
+        if self.phased:
             finished = state.inner & (left == 0)
             state.inner = state.inner | ~finished  # the step after the block-initial forward is a cached one
             state.inner[finished] = False
@@ -182,6 +226,7 @@ class BlockSequential(DecodingMethod):
             state.done = state.block >= counts.shape[1]
             nxt = np.minimum(state.block, counts.shape[1] - 1)
             state.quota[finished] = self._quota(counts[rows, nxt])[finished]
+            state.left[finished] = counts[rows, nxt][finished]
 
 
 class Vanilla(BlockSequential):

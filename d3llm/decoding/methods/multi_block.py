@@ -83,7 +83,7 @@ class MultiBlockParams(Params):
 @dataclass
 class MultiBlockState(MethodState):
     row_fields = ("created", "masks", "full", "done_at", "cached", "next_block", "cache_len", "has_kv", "nfe",
-                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "snapshot",
+                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "host", "spare",
                   "lo", "a", "f_start", "f_end", "has_f")
     created: np.ndarray  # [n, K] block exists (K = blocks + 1, index 0 = prompt)
     masks: np.ndarray  # [n, K] masks left (bookkeeping)
@@ -100,9 +100,12 @@ class MultiBlockState(MethodState):
     eos_block_masks: np.ndarray  # [n] masks from the EOS block's start to the EOS (inclusive)
     masks_before_eos: np.ndarray  # [n] masks in the generation region up to the EOS
     canvas_masks: np.ndarray  # [n, blocks] masks per generation block in the canvas
+    start: np.ndarray | None = None  # [K] first column of every block (shared by all rows)
+    end: np.ndarray | None = None  # [K] one past the last column of every block
+    host: np.ndarray | None = None  # [n, L] the canvas on the host as of the last commit (before early stop)
+    spare: np.ndarray | None = None  # [n] a prompt column that is no mask (padding entries of a sparse commit)
     prompt_has_masks: bool = False
     # per-iteration values handed from plan() to commit()
-    snapshot: torch.Tensor | None = None  # [n, L] masks at the start of the iteration (before early stop)
     lo: np.ndarray | None = None
     a: np.ndarray | None = None
     f_start: np.ndarray | None = None
@@ -152,13 +155,17 @@ class MultiBlock(DecodingMethod):
             eos_block_masks=np.zeros(n, dtype=np.int64), masks_before_eos=np.zeros(n, dtype=np.int64),
             canvas_masks=np.full((n, blocks), p.block_size, dtype=np.int64),
         )
+        state.start, state.end = self._geometry(canvas)
         state.created[:, :2] = True
         state.full[:, 0] = True
         state.done_at[:, 0] = 0
         state.masks[:, 1] = p.block_size
         state.full[:, 1] = 1.0 >= p.decoded_token_threshold
-        state.prompt_has_masks = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
-        self._refresh_stats(canvas, state)
+        host = canvas.x.cpu().numpy().copy()
+        prompt_masks = host[:, : canvas.gen_start] == canvas.mask_id
+        state.prompt_has_masks = bool(prompt_masks.any())
+        state.spare = np.where(prompt_masks[:, -1], np.argmin(prompt_masks, axis=1), canvas.gen_start - 1)
+        self._refresh_stats(canvas, state, host)
         return state
 
     # -- plan ------------------------------------------------------------------------------------------------------
@@ -166,20 +173,17 @@ class MultiBlock(DecodingMethod):
         p = self.params
         n, length = canvas.size, canvas.length
         blocks = p.max_new_tokens // p.block_size
-        start, end = self._geometry(canvas)
+        start, end = st.start, st.end
         ids = np.arange(blocks + 1)
         rows = np.arange(n)
 
         active = st.any_mask | (st.next_block <= blocks)
         st.nfe[active] += 1
-        st.snapshot = canvas.x == canvas.mask_id
 
         eos_seen = np.zeros(n, dtype=bool)
-        edited = False
         if self.early_stop:
             eos_seen = active & (st.eos_pos >= 0)
             if eos_seen.any():
-                edited = True
                 self._apply_early_stop(canvas, st, eos_seen, start, ids)
                 active &= ~(eos_seen & (st.masks_before_eos == 0))
 
@@ -197,8 +201,9 @@ class MultiBlock(DecodingMethod):
             st.full[r, b] = prog[r, b - 1] >= p.decoded_token_threshold
             st.next_block[grow] += 1
 
-        qualifies = st.created & (st.full | (st.masks > 0))
-        last_active = np.where(qualifies, ids, 0).max(axis=1)
+        has_masks = st.masks > 0
+        qualifies = st.created & (st.full | has_masks)
+        last_active = (qualifies * ids).max(axis=1)
         active &= last_active > 0
         st.a = end[last_active]
 
@@ -206,17 +211,15 @@ class MultiBlock(DecodingMethod):
             st.lo = np.full(n, 0 if st.prompt_has_masks else canvas.gen_start, dtype=np.int64)
             plan = self.full_plan(canvas, active)
         else:
-            plan = self._plan_cache(canvas, st, active, start, end, ids)
+            plan = self._plan_cache(canvas, st, active, has_masks, ids)
             active = plan.run
             st.lo = np.maximum(plan.start, canvas.gen_start)
 
-        fa = st.created & st.full & (st.masks > 0)
-        fa[:, 0] = False
+        fa = st.created & st.full & has_masks  # the prompt block never has masks
         st.has_f = fa.any(axis=1)
         f = np.argmax(fa, axis=1)
         st.f_start, st.f_end = start[f], end[f]
         plan.run = active
-        plan.canvas_edited = edited
         return plan
 
     def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, start: np.ndarray,
@@ -255,20 +258,21 @@ class MultiBlock(DecodingMethod):
                 st.cached |= fill
             st.next_block[precreate] = blocks + 1
 
-    def _plan_cache(self, canvas: Canvas, st: MultiBlockState, active: np.ndarray, start: np.ndarray,
-                    end: np.ndarray, ids: np.ndarray) -> StepPlan:
+    def _plan_cache(self, canvas: Canvas, st: MultiBlockState, active: np.ndarray, has_masks: np.ndarray,
+                    ids: np.ndarray) -> StepPlan:
         """SPEC 4.6: which blocks become cacheable, then branch A (append), B (cached), C (refresh) or D (full)."""
         p = self.params
         n, length = canvas.size, canvas.length
+        start, end = st.start, st.end
         delay = p.cache_delay_iter
         k = ids.size
         nfe = st.nfe[:, None]
 
         eligible = st.created & (end[None, :] > st.cache_len[:, None]) & active[:, None]
-        finished_blk = eligible & (st.masks == 0)
+        finished_blk = eligible & ~has_masks
         first_seen = np.where(finished_blk & (st.done_at < 0), nfe, st.done_at)
         waited = nfe - first_seen
-        stop = eligible & ((st.masks > 0) | (finished_blk & (waited < delay)))
+        stop = eligible & (has_masks | (finished_blk & (waited < delay)))
         first_stop = np.where(stop.any(axis=1), np.argmax(stop, axis=1), k)
         upto = ids[None, :] <= first_stop[:, None]
         before = ids[None, :] < first_stop[:, None]
@@ -278,9 +282,9 @@ class MultiBlock(DecodingMethod):
         newest = np.where(to_cache, ids, -1).max(axis=1)
         upd = np.where(newest >= 0, end[np.maximum(newest, 0)] - st.cache_len, 0)
 
-        stab = st.created & (st.masks == 0) & (st.done_at >= 0) & ~st.cached
+        stab = st.created & ~has_masks & (st.done_at >= 0) & ~st.cached
         has_stab = stab.any(axis=1)
-        open_starts = np.where(stab | (st.created & (st.masks > 0)), start[None, :], length)
+        open_starts = np.where(stab | (st.created & has_masks), start[None, :], length)
         fsp = np.minimum(st.cache_len, open_starts.min(axis=1))
         run = active & (fsp < st.a)
 
@@ -304,72 +308,86 @@ class MultiBlock(DecodingMethod):
     # -- commit ----------------------------------------------------------------------------------------------------
     def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, offset: int,
                plan: StepPlan) -> Commit:
+        """Scores are computed at the candidates only: the masked positions (as of the iteration's start, before
+        early stop) in ``[lo, a)`` of each row, gathered in canvas order (``[n, K]``, padded)."""
         p = self.params
-        w0, w1, cand = self.window_candidates(canvas, st.lo, st.a, snapshot=st.snapshot)
-        window = logits[:, w0 - offset : w1 - offset]
-        device = cand.device
-        h = (rules.entropy(window) if p.remasking == "low_confidence"
-             else rules.random_scores(cand.shape, device, self.generator))
-        if self.family == "dream":
-            tokens = rules.multinomial_sample(window, p.temperature, self.generator)
-            transfer = rules.commit_entropy_dream(h, cand, p.threshold)
-        else:
-            tokens = rules.gumbel_sample(window, p.temperature, self.generator)
-            transfer = rules.commit_entropy_llada(h, cand, p.threshold)
+        n, device, width = canvas.size, canvas.device, logits.shape[1]
+        cols = np.arange(canvas.length)
+        cand = (st.host == canvas.mask_id) & (cols >= st.lo[:, None]) & (cols < st.a[:, None])
+        counts = cand.sum(axis=1)
+        k = max(int(counts.max()), 1)
+        valid = np.arange(k)[None, :] < counts[:, None]
+        pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k], st.spare[:, None])
+        in_f = valid & (pos >= st.f_start[:, None]) & (pos < st.f_end[:, None]) & st.has_f[:, None]
+        index = np.empty((2, n, k), dtype=np.int64)  # one host -> device copy per dtype for the step's inputs
+        index[0] = pos
+        index[1] = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
+        masks = np.empty((4, n, k), dtype=bool)
+        masks[0], masks[1], masks[2], masks[3] = valid, ~valid, in_f, ~in_f
+        pos_t, flat_t = torch.from_numpy(index).to(device)
+        valid_t, invalid_t, in_f_t, out_f_t = torch.from_numpy(masks).to(device)
+        scores_at = logits.reshape(n * width, -1).index_select(0, flat_t.reshape(-1)).view(n, k, -1)
 
+        if p.remasking == "low_confidence":
+            h, probs = rules.entropy_and_probs(scores_at)
+        else:
+            h, probs = rules.random_scores(valid_t.shape, device, self.generator), None
+        if p.temperature == 0 and probs is not None:
+            tokens = rules.argmax_excluding(probs, self.mask_id)
+        elif self.family == "dream":
+            tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
+        else:
+            tokens = rules.gumbel_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
+        if self.family == "dream":
+            transfer = rules.commit_entropy_dream(h, valid_t, p.threshold)
+        else:
+            transfer = rules.commit_entropy_llada(h, valid_t, p.threshold, non_candidates=invalid_t)
         if st.has_f.any():
-            pos = torch.arange(w0, w1, device=device)
-            fs = torch.from_numpy(st.f_start).to(device)[:, None]
-            fe = torch.from_numpy(st.f_end).to(device)[:, None]
-            in_f = (pos >= fs) & (pos < fe) & torch.from_numpy(st.has_f).to(device)[:, None]
-            block_cand = cand & in_f
-            need = in_f.any(-1) & ~(transfer & in_f).any(-1)
-            j = torch.where(block_cand, h, rules.INF).argmin(-1)
-            first = (fs[:, 0] - w0).clamp(0, cand.shape[1] - 1)
-            j = torch.where(block_cand.any(-1), j, first)  # no candidate: the block's first position
-            forced = torch.zeros_like(transfer).scatter_(1, j[:, None], True) & need[:, None]
-            if self.family != "dream" and p.temperature > 0:  # LLaDA forces the argmax, not the sample
-                tokens = torch.where(forced, window.argmax(-1), tokens)
-            transfer = transfer | forced
-        return Commit(w0, transfer, tokens)
+            self._guarantee(transfer, tokens, h, in_f_t, out_f_t, scores_at)
+        return Commit(transfer, tokens, positions=pos_t)
+
+    def _guarantee(self, transfer: torch.Tensor, tokens: torch.Tensor, h: torch.Tensor, block: torch.Tensor,
+                   outside: torch.Tensor, scores_at: torch.Tensor) -> None:
+        """The first fully activated block with masks commits at least its lowest-entropy mask (in place;
+        ``block`` marks that block's candidates, ``outside`` the other entries).
+
+        Adding that mask unconditionally is the same rule: when the block already got a token, its lowest-entropy
+        mask is among the committed ones (it is under the threshold, or it is the global lowest).
+        """
+        before = transfer.clone() if self.family != "dream" and self.params.temperature > 0 else None
+        rules.add_best(transfer, h, block, lowest=True, non_candidates=outside)
+        if before is not None:  # LLaDA forces the argmax token, not the sample, where the rule itself added nothing
+            hit = (before & block).any(-1, keepdim=True)
+            forced = transfer & ~before & ~hit
+            tokens.copy_(torch.where(forced, rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id), tokens))
 
     # -- bookkeeping -------------------------------------------------------------------------------------------------
-    def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit) -> None:
-        p = self.params
-        g, n, b = canvas.gen_start, canvas.size, p.block_size
-        committed = torch.zeros(n, canvas.gen_length, dtype=torch.long, device=canvas.device)
-        lo = commit.start - g
-        gen_part = commit.transfer[:, max(0, -lo):]  # commits of prompt masks belong to no block
-        committed[:, max(lo, 0) : max(lo, 0) + gen_part.shape[1]] = gen_part
-        per_block = committed.view(n, -1, b).sum(-1)
-        self._refresh_stats(canvas, st, per_block)
+    def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit, host: np.ndarray) -> None:
+        n, b, g = canvas.size, self.params.block_size, canvas.gen_start
+        blocks = self.params.max_new_tokens // b
+        pos = commit.positions.cpu().numpy()
+        hit = commit.transfer.cpu().numpy() & (pos >= g)  # commits of prompt masks belong to no block
+        flat = (np.arange(n)[:, None] * blocks + (pos - g) // b)[hit]
+        per_block = np.bincount(flat, minlength=n * blocks).reshape(n, blocks)
+        st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - per_block, 0)
+        self._refresh_stats(canvas, st, host)
 
-    def _refresh_stats(self, canvas: Canvas, st: MultiBlockState, per_block: torch.Tensor | None = None) -> None:
-        """One device->host transfer: masks per block, first EOS and mask counts around it, commits per block."""
-        g, n, b = canvas.gen_start, canvas.size, self.params.block_size
-        gen = canvas.x[:, g:]
+    def _refresh_stats(self, canvas: Canvas, st: MultiBlockState, host: np.ndarray) -> None:
+        """Canvas statistics the next plan needs: masks per block, and the first EOS with the masks around it."""
+        st.host = host
+        gen = host[:, canvas.gen_start:]
+        n, b = canvas.size, self.params.block_size
         is_mask = gen == canvas.mask_id
-        canvas_masks = is_mask.view(n, -1, b).sum(-1)
-        parts = [canvas_masks]
+        st.canvas_masks = is_mask.reshape(n, -1, b).sum(-1)
+        st.any_mask = is_mask.any(axis=1)
         if self.early_stop:
             is_eos = gen == self.eos_id
-            has = is_eos.any(-1)
-            e = is_eos.long().argmax(-1)
-            cum = is_mask.long().cumsum(-1)
-            upto = cum.gather(1, e[:, None])[:, 0]
+            e = is_eos.argmax(axis=1)
+            cum = np.cumsum(is_mask, axis=1)
+            rows = np.arange(n)
+            upto = cum[rows, e]
             block_first = (e // b) * b
-            before_block = torch.where(block_first > 0, cum.gather(1, (block_first - 1).clamp(min=0)[:, None])[:, 0],
-                                       torch.zeros_like(e))
-            parts.append(torch.stack([torch.where(has, e + g, -1), upto - before_block, upto], dim=1))
-        if per_block is not None:
-            parts.append(per_block)
-        host = torch.cat(parts, dim=1).cpu().numpy()
-        nb = canvas_masks.shape[1]
-        st.canvas_masks = host[:, :nb]
-        st.any_mask = st.canvas_masks.sum(axis=1) > 0
-        col = nb
-        if self.early_stop:
-            st.eos_pos, st.eos_block_masks, st.masks_before_eos = host[:, col], host[:, col + 1], host[:, col + 2]
-            col += 3
-        if per_block is not None:
-            st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - host[:, col : col + nb], 0)
+            before_block = np.where(block_first > 0, cum[rows, np.maximum(block_first - 1, 0)], 0)
+            st.eos_pos = np.where(is_eos.any(axis=1), e + canvas.gen_start, -1)
+            st.eos_block_masks = upto - before_block
+            st.masks_before_eos = upto

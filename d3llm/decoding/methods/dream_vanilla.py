@@ -1,0 +1,112 @@
+"""Vanilla Dream decoding (SPEC 4.2): one block over the whole generation, ``steps`` forwards on a timestep schedule.
+
+With ``ts = linspace(1, eps, steps + 1)``, step i (t = ts[i], s = ts[i+1]) works on the masked positions:
+
+* ``alg="origin"``: every mask is unmasked independently with probability ``1 - s/t`` (all at the last step), with
+  a token sampled from the processed distribution (temperature, top-p, top-k);
+* ``"maskgit_plus"`` / ``"topk_margin"`` / ``"entropy"``: tokens from the processed distribution, scored by the
+  chosen token's probability, the top-1 minus top-2 margin, or the negative entropy; the
+  ``int(masks * (1 - s/t))`` best (all remaining at the last step) are committed, or positions are sampled from
+  ``softmax(score / alg_temp)`` when ``alg_temp`` > 0.
+
+NFE is exactly ``steps``: flooring makes some steps commit nothing and the last one flush the rest, so "one token
+per forward" is only nominal here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from d3llm.decoding import rules
+from d3llm.decoding.canvas import Canvas
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
+from d3llm.errors import GenerationError
+
+_SCORES = {"maskgit_plus": "confidence", "topk_margin": "margin", "entropy": "neg_entropy"}
+
+
+@dataclass
+class DreamVanillaParams(Params):
+    steps: int = 128
+    max_new_tokens: int = 128
+    block_size: int | None = None  # accepted only as the whole generation: Dream's vanilla decoder has one block
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg: str = "entropy"  # the evaluation scripts' choice; Dream's generation config defaults to the random "origin"
+    alg_temp: float | None = None
+    eps: float = 1e-3
+
+    def validate(self, method: str) -> None:
+        self.check_int(method, "steps", self.steps)
+        self.check_int(method, "max_new_tokens", self.max_new_tokens)
+        if self.block_size is not None and self.block_size != self.max_new_tokens:
+            raise GenerationError(
+                f"{method}: block_size={self.block_size} is not supported on Dream, whose vanilla decoder treats "
+                f"the whole generation ({self.max_new_tokens} tokens) as one block; omit block_size"
+            )
+        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
+        self.check_range(method, "top_p", self.top_p, 0.0, 1.0, "nucleus probability mass", allow_none=True)
+        self.check_int(method, "top_k", self.top_k, allow_none=True)
+        self.check_choice(method, "alg", self.alg, ("origin", *_SCORES))
+        self.check_range(method, "alg_temp", self.alg_temp, 0.0, None, "position sampling temperature",
+                         allow_none=True)
+        self.check_range(method, "eps", self.eps, 0.0, 1.0, "the final timestep")
+
+
+@dataclass
+class DreamVanillaState(MethodState):
+    row_fields = ()
+    step: int = 0
+    first: int = 0  # first candidate column (0 when prompts hold masks)
+
+
+class DreamVanilla(DecodingMethod):
+    name = "vanilla"
+    Params = DreamVanillaParams
+
+    def __init__(self, params, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.timesteps = torch.linspace(1, params.eps, params.steps + 1)
+
+    def init_state(self, canvas: Canvas) -> DreamVanillaState:
+        has = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
+        return DreamVanillaState(first=0 if has else canvas.gen_start)
+
+    def plan(self, canvas: Canvas, state: DreamVanillaState, step: int) -> StepPlan:
+        return self.full_plan(canvas, np.full(canvas.size, state.step < self.params.steps))
+
+    def commit(self, canvas: Canvas, state: DreamVanillaState, logits: torch.Tensor, offset: int,
+               plan: StepPlan) -> Commit:
+        p, i = self.params, state.step
+        w0, w1 = state.first, canvas.length
+        cand = canvas.x[:, w0:w1] == canvas.mask_id
+        window = logits[:, w0 - offset : w1 - offset]
+        t, s = self.timesteps[i], self.timesteps[i + 1]
+        last = i == p.steps - 1
+        if p.alg == "origin":
+            _, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, "confidence", self.generator,
+                                           exclude=self.mask_id)
+            chance = 1.0 if last else float(1 - s / t)
+            u = torch.rand(cand.shape, device=cand.device, generator=self.generator)
+            return Commit(cand & (u < chance), tokens, start=w0)
+        score, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, _SCORES[p.alg], self.generator,
+                                           exclude=self.mask_id)
+        masks = cand.sum(-1)
+        count = masks if last else (masks.float() * (1 - s / t)).long()  # float32 flooring, as the reference
+        k_max = int(count.max())
+        if not p.alg_temp:
+            return Commit(rules.commit_quota(score, cand, count, k_max), tokens, start=w0)
+        transfer = torch.zeros_like(cand)
+        if k_max > 0:
+            weights = torch.softmax(torch.where(cand, score, -rules.INF).float() / p.alg_temp, dim=-1)
+            picks = torch.multinomial(weights, k_max, generator=self.generator)
+            keep = torch.arange(k_max, device=cand.device)[None, :] < count[:, None]
+            transfer.scatter_(1, picks, keep)
+        return Commit(transfer & cand, tokens, start=w0)
+
+    def update(self, canvas: Canvas, state: DreamVanillaState, commit: Commit, host: np.ndarray) -> None:
+        state.step += 1
