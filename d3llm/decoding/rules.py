@@ -150,14 +150,16 @@ def dream_sample(logits: torch.Tensor, temperature: float, top_p: float | None, 
     if temperature > 0:
         logits = logits / temperature
     probs = torch.softmax(filter_top_p_top_k(logits, top_p, top_k), dim=-1)
-    if exclude is not None:
-        probs[..., exclude] = 0.0
+    choice = probs
+    if exclude is not None:  # token choice only; the scores below see the whole distribution
+        choice = probs.clone()
+        choice[..., exclude] = 0.0
     if temperature > 0:
-        flat = probs.reshape(-1, probs.shape[-1]).float()
-        tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-        conf = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
+        flat = choice.reshape(-1, choice.shape[-1]).float()
+        tokens = torch.multinomial(flat, 1, generator=generator).view(choice.shape[:-1])
     else:
-        conf, tokens = probs.max(dim=-1)
+        tokens = choice.argmax(dim=-1)
+    conf = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
     if score == "margin":
         top2 = torch.topk(probs, 2, dim=-1).values
         conf = top2[..., 0] - top2[..., 1]
