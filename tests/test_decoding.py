@@ -117,15 +117,15 @@ def test_one_token_per_forward_trajectory(trained_models):
     batch = prompts(3, seed=4)
     seen = []
     result = d3llm.generate(model, batch, "vanilla", steps=GEN, max_new_tokens=GEN, block_size=BLOCK,
-                            callback=lambda ev: seen.append((ev.step, ev.rows, ev.canvas.clone(), ev.committed.clone())))
+                            callback=lambda ev: seen.append((ev.step, ev.rows, ev.canvas.copy(), ev.committed.copy())))
     assert result.nfe.tolist() == [GEN] * 3
     for row in result.commit_step:
         assert sorted(row.tolist()) == list(range(GEN))
     g = result.gen_start
     for step, rows, canvas, committed in seen:
-        assert committed.sum(dim=1).tolist() == [1] * len(rows)
+        assert committed.sum(axis=1).tolist() == [1] * len(rows)
         for i, r in enumerate(rows):
-            gen = canvas[i, g:]
+            gen = torch.from_numpy(canvas[i, g:])
             replay = torch.where(result.commit_step[r] <= step, result.generated[r], torch.tensor(model.mask_token_id))
             assert torch.equal(gen, replay)
     # blocks are decoded left to right

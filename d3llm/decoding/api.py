@@ -90,10 +90,10 @@ def generate(
     generated = sequences[:, canvas.gen_start:].tolist()
     tokens = [row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row for row in generated]
     return GenerationResult(
-        sequences=sequences.cpu(),
+        sequences=torch.from_numpy(sequences),
         prompt_lengths=torch.from_numpy(canvas.prompt_lengths),
-        nfe=nfe,
-        commit_step=commit_step.cpu(),
+        nfe=torch.from_numpy(nfe),
+        commit_step=torch.from_numpy(commit_step),
         tokens=tokens,
         wall_time=time.perf_counter() - t0,
         model_time=engine.model_time,

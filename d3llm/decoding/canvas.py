@@ -3,6 +3,9 @@
 Left padding aligns every row's generation region at the same canvas columns ``[G, G + N)`` (G = longest prompt),
 so block boundaries are shared by all rows and per-row state reduces to per-row counters. Padding columns are
 excluded from attention and rotary positions follow the padding mask, so each row computes what it would alone.
+
+The token ids live on the host (a numpy array): the decoding state machine reads and edits them there, and each
+forward copies the slice it needs to the device (a few kilobytes; on the CPU no copy at all).
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ class Canvas:
     """Tokens and geometry of the rows still being decoded.
 
     Attributes:
-        x: ``[n, L]`` token ids (device), ``L = G + N``.
-        attention_mask: ``[n, L]`` (1 = real token) or None when no row is padded.
+        x: ``[n, L]`` int64 token ids on the host, ``L = G + N``.
+        attention_mask: ``[n, L]`` device tensor (1 = real token) or None when no row is padded.
+        device: where the model runs.
         rows: ``[n]`` indices of these rows in the caller's batch.
         prompt_lengths: ``[n]`` real prompt lengths (numpy).
         gen_start: G, the first generated column.
         mask_id: the mask token id.
     """
 
-    x: torch.Tensor
+    x: np.ndarray
     attention_mask: torch.Tensor | None
     rows: np.ndarray
     prompt_lengths: np.ndarray
     gen_start: int
     mask_id: int
+    device: torch.device
 
     @property
     def size(self) -> int:
@@ -47,21 +52,18 @@ class Canvas:
     def gen_length(self) -> int:
         return self.length - self.gen_start
 
-    @property
-    def device(self) -> torch.device:
-        return self.x.device
+    def tokens(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Columns ``[start, end)`` as a device tensor (on the CPU, a view of the host array)."""
+        return torch.from_numpy(self.x[:, start:end]).to(self.device)
 
     def select(self, keep: np.ndarray) -> "Canvas":
         """The canvas of a subset of rows (``keep``: indices into the current rows)."""
-        idx = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-        return Canvas(
-            x=self.x.index_select(0, idx),
-            attention_mask=None if self.attention_mask is None else self.attention_mask.index_select(0, idx),
-            rows=self.rows[keep],
-            prompt_lengths=self.prompt_lengths[keep],
-            gen_start=self.gen_start,
-            mask_id=self.mask_id,
-        )
+        mask = None
+        if self.attention_mask is not None:
+            mask = self.attention_mask.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=self.device))
+        return Canvas(x=self.x[keep], attention_mask=mask, rows=self.rows[keep],
+                      prompt_lengths=self.prompt_lengths[keep], gen_start=self.gen_start, mask_id=self.mask_id,
+                      device=self.device)
 
 
 def normalize_prompts(input_ids, attention_mask=None) -> list[list[int]]:
@@ -112,24 +114,20 @@ def build_canvas(prompts: list[list[int]], max_new_tokens: int, *, mask_id: int,
                  device: torch.device) -> Canvas:
     """Left-pad the prompts with ``pad_id`` and append ``max_new_tokens`` masks."""
     for i, r in enumerate(prompts):
-        bad = [t for t in r if not 0 <= t < vocab_size]
-        if bad:
+        ids = np.asarray(r, dtype=np.int64)
+        bad = ids[(ids < 0) | (ids >= vocab_size)]
+        if bad.size:
             raise GenerationError(f"prompt {i} holds token id {bad[0]} outside the vocabulary [0, {vocab_size})")
     lengths = np.array([len(r) for r in prompts], dtype=np.int64)
     g = int(lengths.max())
-    x = torch.full((len(prompts), g + max_new_tokens), mask_id, dtype=torch.long)
+    x = np.full((len(prompts), g + max_new_tokens), mask_id, dtype=np.int64)
     padded = bool((lengths != g).any())
-    mask = torch.ones_like(x) if padded else None
+    mask = np.ones_like(x) if padded else None
     for i, r in enumerate(prompts):
-        x[i, g - len(r) : g] = torch.tensor(r, dtype=torch.long)
+        x[i, g - len(r) : g] = r
         if padded:
             x[i, : g - len(r)] = pad_id
             mask[i, : g - len(r)] = 0
-    return Canvas(
-        x=x.to(device),
-        attention_mask=None if mask is None else mask.to(device),
-        rows=np.arange(len(prompts)),
-        prompt_lengths=lengths,
-        gen_start=g,
-        mask_id=mask_id,
-    )
+    return Canvas(x=x, attention_mask=None if mask is None else torch.from_numpy(mask).to(device),
+                  rows=np.arange(len(prompts)), prompt_lengths=lengths, gen_start=g, mask_id=mask_id,
+                  device=torch.device(device))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -72,15 +73,15 @@ class StepEvent:
     Attributes:
         step: 0-based step index (every active row forwarded once in it).
         rows: ``[n]`` indices (in the caller's batch) of the rows decoded in this step.
-        canvas: ``[n, G + N]`` their canvases after the step (a view: copy it to keep it).
-        committed: ``[n, G + N]`` bool, the positions filled in this step.
+        canvas: ``[n, G + N]`` numpy array, their canvases after the step (a view: copy it to keep it).
+        committed: ``[n, G + N]`` bool numpy array, the positions filled in this step.
         gen_start: G, the first generated column.
         block_size: the decoder's block size (None for single-block decoders).
     """
 
     step: int
     rows: list[int]
-    canvas: torch.Tensor
-    committed: torch.Tensor
+    canvas: np.ndarray
+    committed: np.ndarray
     gen_start: int
     block_size: int | None = None

@@ -1,30 +1,43 @@
-"""Token scores, sampling and commit rules shared by the decoders (SPEC 4.0), as batched tensor operations.
+"""Token scores, sampling and commit rules shared by the decoders (SPEC 4.0).
 
-Shapes: B rows, W positions of the decoding window, V vocabulary. A *candidate* mask ``[B, W]`` marks the masked
-positions a step may commit; each rule returns the boolean ``[B, W]`` set of positions to commit.
+Two halves, matching the engine's split of work:
 
-Numerics follow the reference exactly, because commit decisions compare these values with thresholds:
-entropy and confidence come from ``softmax(float64(logits))`` of the **untempered** logits, and entropy is
-``-sum(p * ln(p + 1e-12))`` in nats.
+* **scoring** (torch, on the model's device): entropies, confidences and sampled tokens of the scored positions,
+  computed from logits ``[n, K, V]``;
+* **commit rules** (numpy, on the host): given the scores ``[n, K]`` and the candidate mask ``[n, K]``, which
+  positions a step commits (``[n, K]`` bool). They are vectorised over rows and positions.
+
+Numerics follow the reference exactly, because commit decisions compare these values with thresholds: entropy and
+confidence come from ``softmax(float64(logits))`` of the **untempered** logits, and entropy is
+``-sum(p * ln(p + 1e-12))`` in nats. Ties resolve to the first position, as ``torch.argmin``/``argmax`` do.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 INF = float("inf")
 
 
+# -- scoring (device) ---------------------------------------------------------------------------------------------
+
+def entropy_and_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy ``[n, K]`` (float64, nats) and the float64 probabilities ``[n, K, V]`` it was computed from."""
+    p = F.softmax(logits.to(torch.float64), dim=-1)
+    return -torch.sum(p * torch.log(p + 1e-12), dim=-1), p
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy ``[B, W]`` (float64, nats) of logits ``[B, W, V]``."""
+    """Predictive entropy ``[n, K]`` (float64, nats) of logits ``[n, K, V]``."""
     return entropy_and_probs(logits)[0]
 
 
-def entropy_and_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy ``[B, W]`` and the float64 probabilities ``[B, W, V]`` it was computed from."""
+def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Probability ``[n, K]`` (float64) that the untempered model gives to ``tokens``."""
     p = F.softmax(logits.to(torch.float64), dim=-1)
-    return -torch.sum(p * torch.log(p + 1e-12), dim=-1), p
+    return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def argmax_excluding(probs: torch.Tensor, exclude: int | None) -> torch.Tensor:
@@ -36,12 +49,6 @@ def argmax_excluding(probs: torch.Tensor, exclude: int | None) -> torch.Tensor:
     if exclude is not None:
         probs[..., exclude] = -1.0
     return probs.argmax(dim=-1)
-
-
-def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Probability ``[B, W]`` (float64) that the untempered model gives to ``tokens``."""
-    p = F.softmax(logits.to(torch.float64), dim=-1)
-    return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
@@ -78,53 +85,13 @@ def multinomial_sample(logits: torch.Tensor, temperature: float, generator: torc
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def random_scores(shape: torch.Size, device, generator: torch.Generator | None) -> torch.Tensor:
+def random_scores(shape, device, generator: torch.Generator | None) -> torch.Tensor:
     """``remasking='random'``: Uniform(0, 1) draws replace confidences or entropies."""
     return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
 
 
-def add_best(transfer: torch.Tensor, scores: torch.Tensor, candidates: torch.Tensor, lowest: bool,
-             non_candidates: torch.Tensor | None = None) -> torch.Tensor:
-    """Add to ``transfer`` (in place) the best-scoring candidate of each row that has one (``transfer`` holds only
-    candidates; ``non_candidates``, if given, is ``~candidates``)."""
-    masked = scores.masked_fill(~candidates if non_candidates is None else non_candidates, INF if lowest else -INF)
-    best = masked.argmin(-1, keepdim=True) if lowest else masked.argmax(-1, keepdim=True)
-    return transfer.scatter_(1, best, candidates.gather(1, best) | transfer.gather(1, best))
-
-
-def commit_entropy_llada(h: torch.Tensor, candidates: torch.Tensor, threshold: float,
-                         non_candidates: torch.Tensor | None = None) -> torch.Tensor:
-    """``ENT_LLADA``: the lowest-entropy candidate always, the others iff ``H <= threshold``."""
-    return add_best(candidates & (h <= threshold), h, candidates, lowest=True, non_candidates=non_candidates)
-
-
-def commit_entropy_dream(h: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``ENT_DREAM``: every candidate with ``H < threshold`` (strict), no forced top-1."""
-    return candidates & (h < threshold)
-
-
-def commit_confidence(conf: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``CONF_THR`` (Fast-dLLM): the most confident candidate always, the others iff ``conf >= threshold``."""
-    return add_best(candidates & (conf >= threshold), conf, candidates, lowest=False)
-
-
-def commit_quota(conf: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor, k_max: int) -> torch.Tensor:
-    """``QUOTA``: the ``quota[b]`` most confident candidates of each row (``quota`` ``[B]`` long on the device,
-    ``k_max`` its maximum, known on the host)."""
-    out = torch.zeros_like(candidates)
-    if k_max <= 0:
-        return out
-    masked = torch.where(candidates, conf, -INF)
-    _, idx = torch.topk(masked, k=min(k_max, masked.shape[1]), dim=-1)
-    keep = torch.arange(idx.shape[1], device=idx.device)[None, :] < quota[:, None].to(idx.device)
-    out.scatter_(1, idx, keep)
-    return out & candidates
-
-
-# -- Dream's sampling helpers (SPEC 4.2, 4.4): computed in the logits' dtype, as the Dream reference does ---------
-
 def filter_top_p_top_k(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    """Nucleus and top-k filtering: removed entries get the dtype's minimum (not -inf)."""
+    """Dream's nucleus and top-k filtering: removed entries get the dtype's minimum (not -inf)."""
     floor = torch.finfo(logits.dtype).min
     if top_p is not None and top_p < 1:
         sorted_logits, order = torch.sort(logits, descending=True)
@@ -141,17 +108,17 @@ def filter_top_p_top_k(logits: torch.Tensor, top_p: float | None, top_k: int | N
 def dream_sample(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
                  score: str, generator: torch.Generator | None, exclude: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dream's ``sample_tokens``: tokens from the processed distribution and a score per position.
+    """Dream's ``sample_tokens``, in the logits' dtype: tokens from the processed distribution and a score.
 
     ``score``: ``"confidence"`` (probability of the chosen token), ``"margin"`` (top-1 minus top-2 probability) or
-    ``"neg_entropy"`` (``sum p ln(p + 1e-10)`` of the processed distribution). ``exclude`` (the mask id) gets no
-    probability. Returns ``(score, tokens)``.
+    ``"neg_entropy"`` (``sum p ln(p + 1e-10)`` of the processed distribution). ``exclude`` (the mask id) is never
+    chosen; the scores still see the whole distribution. Returns ``(score, tokens)``.
     """
     if temperature > 0:
         logits = logits / temperature
     probs = torch.softmax(filter_top_p_top_k(logits, top_p, top_k), dim=-1)
     choice = probs
-    if exclude is not None:  # token choice only; the scores below see the whole distribution
+    if exclude is not None:
         choice = probs.clone()
         choice[..., exclude] = 0.0
     if temperature > 0:
@@ -174,15 +141,49 @@ def dream_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.sum(p * torch.log(p + 1e-8), dim=-1)
 
 
-def commit_lowest_k(score: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, k_max: int,
-                    threshold: float) -> torch.Tensor:
+def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """numpy copies of device tensors (one synchronisation; views on the CPU)."""
+    return [t.cpu().numpy() for t in tensors]
+
+
+# -- commit rules (host) ------------------------------------------------------------------------------------------
+
+def add_best(transfer: np.ndarray, scores: np.ndarray, candidates: np.ndarray, lowest: bool) -> np.ndarray:
+    """Add to ``transfer`` (in place) the best-scoring candidate of each row that has one."""
+    masked = np.where(candidates, scores, INF if lowest else -INF)
+    best = masked.argmin(axis=1) if lowest else masked.argmax(axis=1)
+    rows = np.arange(transfer.shape[0])
+    transfer[rows, best] |= candidates[rows, best]
+    return transfer
+
+
+def commit_entropy_llada(h: np.ndarray, candidates: np.ndarray, threshold: float) -> np.ndarray:
+    """``ENT_LLADA``: the lowest-entropy candidate always, the others iff ``H <= threshold``."""
+    return add_best(candidates & (h <= threshold), h, candidates, lowest=True)
+
+
+def commit_entropy_dream(h: np.ndarray, candidates: np.ndarray, threshold: float) -> np.ndarray:
+    """``ENT_DREAM``: every candidate with ``H < threshold`` (strict), no forced top-1."""
+    return candidates & (h < threshold)
+
+
+def commit_confidence(conf: np.ndarray, candidates: np.ndarray, threshold: float) -> np.ndarray:
+    """``CONF_THR`` (Fast-dLLM): the most confident candidate always, the others iff ``conf >= threshold``."""
+    return add_best(candidates & (conf >= threshold), conf, candidates, lowest=False)
+
+
+def commit_quota(conf: np.ndarray, candidates: np.ndarray, quota: np.ndarray) -> np.ndarray:
+    """``QUOTA``: the ``quota[b]`` most confident candidates of each row."""
+    order = np.argsort(np.where(candidates, -conf, INF), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
+    return candidates & (rank < quota[:, None])
+
+
+def commit_lowest_k(score: np.ndarray, candidates: np.ndarray, k: np.ndarray, threshold: float) -> np.ndarray:
     """``ENT_DPAR_DREAM``: among the ``k[b]`` lowest-score candidates, the lowest always and the others iff
     ``score < threshold``."""
-    out = torch.zeros_like(candidates)
-    if k_max <= 0:
-        return out
-    vals, idx = torch.topk(torch.where(candidates, score, INF), min(k_max, score.shape[1]), dim=-1, largest=False)
-    rank = torch.arange(idx.shape[1], device=idx.device)[None, :]
-    keep = (rank < k[:, None]) & ((rank == 0) | (vals < threshold)) & torch.isfinite(vals)
-    out.scatter_(1, idx, keep)
-    return out & candidates
+    order = np.argsort(np.where(candidates, score, INF), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
+    return candidates & (rank < k[:, None]) & ((rank == 0) | (score < threshold))

@@ -6,11 +6,11 @@ timing and callbacks. A method only supplies the step rules, in three calls per 
 1. :meth:`DecodingMethod.plan` -- which rows still decode and, per row, which canvas slice to forward and how long
    the cache is afterwards (a method may also edit the canvas here, e.g. early stop);
 2. :meth:`DecodingMethod.commit` -- given the logits, which masked positions to fill with which tokens;
-3. :meth:`DecodingMethod.update` -- bookkeeping once the commit is applied, given the canvas copied to the host
-   (the engine's one device-to-host transfer per iteration).
+3. :meth:`DecodingMethod.update` -- bookkeeping once the commit is applied.
 
-Per-row method state lives in numpy arrays on the host (block counters are a handful of integers per row; numpy
-keeps them cheap) and token work stays on the device.
+Work is split by size: the device runs the model and scores the positions a step may commit (entropies,
+confidences, tokens over the vocabulary), one transfer brings those ``[rows, positions]`` scores to the host, and
+everything else -- the canvas, block states, commit rules -- is small vectorised numpy on the host.
 """
 
 from __future__ import annotations
@@ -50,23 +50,40 @@ class StepPlan:
 
 @dataclass
 class Commit:
-    """What a step commits: where ``transfer`` (``[n, K]`` bool) is set, the position gets ``tokens`` (``[n, K]``).
+    """What a step commits (host arrays): where ``transfer`` (``[n, K]`` bool) is set, the position gets ``tokens``.
 
     Positions are either the window ``[start, start + K)`` of every row (``start`` set) or per-row canvas columns
     ``positions`` ``[n, K]`` (a row's padding entries repeat one column, with ``transfer`` False there).
     """
 
-    transfer: torch.Tensor
-    tokens: torch.Tensor
+    transfer: np.ndarray
+    tokens: np.ndarray
     start: int | None = None
-    positions: torch.Tensor | None = None
+    positions: np.ndarray | None = None
 
-    def columns(self) -> torch.Tensor:
+    def columns(self) -> np.ndarray:
         """``[n, K]`` the canvas column of every entry."""
         if self.positions is not None:
             return self.positions
         n, k = self.transfer.shape
-        return torch.arange(self.start, self.start + k, device=self.transfer.device).expand(n, k)
+        return np.broadcast_to(np.arange(self.start, self.start + k), (n, k))
+
+    def apply(self, x: np.ndarray) -> None:
+        """Write the committed tokens into the canvas ``x`` ``[n, L]`` (in place)."""
+        if self.positions is None:
+            window = x[:, self.start : self.start + self.transfer.shape[1]]
+            np.copyto(window, self.tokens, where=self.transfer)
+        else:
+            rows, cols = np.nonzero(self.transfer)
+            x[rows, self.positions[rows, cols]] = self.tokens[rows, cols]
+
+    def per_block(self, gen_start: int, block_size: int, blocks: int) -> np.ndarray:
+        """``[n, blocks]`` committed positions in each generation block (prompt positions belong to none)."""
+        cols = self.columns()
+        hit = self.transfer & (cols >= gen_start)
+        n = self.transfer.shape[0]
+        flat = (np.arange(n)[:, None] * blocks + (cols - gen_start) // block_size)[hit]
+        return np.bincount(flat, minlength=n * blocks).reshape(n, blocks)
 
 
 class MethodState:
@@ -78,11 +95,8 @@ class MethodState:
         clone = dataclasses.replace(self) if dataclasses.is_dataclass(self) else self
         for name in self.row_fields:
             value = getattr(self, name)
-            if isinstance(value, torch.Tensor):
-                value = value.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=value.device))
-            else:
-                value = value[keep]
-            setattr(clone, name, value)
+            if value is not None:
+                setattr(clone, name, value[keep])
         return clone
 
 
@@ -182,9 +196,7 @@ class DecodingMethod:
                plan: StepPlan) -> Commit:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def update(self, canvas: Canvas, state: MethodState, commit: Commit,
-               host: np.ndarray) -> None:  # pragma: no cover - abstract
-        """``host``: ``[n, L]`` the canvas after the commit, on the host."""
+    def update(self, canvas: Canvas, state: MethodState, commit: Commit) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- helpers for subclasses ----------------------------------------------------------------------------------------
@@ -194,16 +206,12 @@ class DecodingMethod:
         return StepPlan(run=run, start=np.zeros(n, dtype=np.int64), end=np.full(n, canvas.length, dtype=np.int64))
 
     @staticmethod
-    def window_candidates(canvas: Canvas, lo: np.ndarray, hi: np.ndarray, snapshot: torch.Tensor | None = None
-                          ) -> tuple[int, int, torch.Tensor]:
+    def window_candidates(canvas: Canvas, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, np.ndarray]:
         """The window ``[w0, w1)`` spanning every row's candidate range ``[lo, hi)`` and the ``[n, W]`` candidate
-        mask: positions that are masked (in ``snapshot``, a ``[n, L]`` bool mask, when given, else in the canvas)
-        inside the row's range."""
+        mask: masked positions inside the row's range."""
         w0, w1 = int(lo.min()), int(hi.max())
-        masked = snapshot[:, w0:w1] if snapshot is not None else canvas.x[:, w0:w1] == canvas.mask_id
-        if (lo == w0).all() and (hi == w1).all():
-            return w0, w1, masked
-        pos = torch.arange(w0, w1, device=canvas.device)
-        lo_t = torch.from_numpy(lo).to(canvas.device)[:, None]
-        hi_t = torch.from_numpy(hi).to(canvas.device)[:, None]
-        return w0, w1, masked & (pos >= lo_t) & (pos < hi_t)
+        cand = canvas.x[:, w0:w1] == canvas.mask_id
+        if (lo != w0).any() or (hi != w1).any():
+            cols = np.arange(w0, w1)
+            cand &= (cols >= lo[:, None]) & (cols < hi[:, None])
+        return w0, w1, cand

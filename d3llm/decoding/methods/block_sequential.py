@@ -134,14 +134,14 @@ class BlockSequential(DecodingMethod):
         base, rem = masks // s, masks % s
         return base[:, None] + (np.arange(s)[None, :] < rem[:, None])
 
-    def _block_counts(self, canvas: Canvas, host: np.ndarray) -> np.ndarray:
-        """``[n, blocks]`` masks left in every generation block (``host``: the canvas on the host)."""
-        gen = host[:, canvas.gen_start:]
+    def _block_counts(self, canvas: Canvas) -> np.ndarray:
+        """``[n, blocks]`` masks left in every generation block."""
+        gen = canvas.x[:, canvas.gen_start:]
         return (gen == canvas.mask_id).reshape(canvas.size, -1, self.params.block_size).sum(-1)
 
     def init_state(self, canvas: Canvas) -> BlockState:
         n = canvas.size
-        counts = self._block_counts(canvas, canvas.x.cpu().numpy())
+        counts = self._block_counts(canvas)
         prompt_masks = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
         return BlockState(block=np.zeros(n, dtype=np.int64), step=np.zeros(n, dtype=np.int64),
                           quota=self._quota(counts[:, 0]), inner=np.zeros(n, dtype=bool),
@@ -174,42 +174,39 @@ class BlockSequential(DecodingMethod):
         if self.family == "dream":
             return Commit(*self._dream_rule(state, window, cand, bs - w0), start=w0)
         tokens = rules.gumbel_sample(window, p.temperature, self.generator, exclude=self.mask_id)
-        if self.rule == "entropy":
-            score = (rules.entropy(window) if p.remasking == "low_confidence"
-                     else rules.random_scores(cand.shape, cand.device, self.generator))
-            transfer = rules.commit_entropy_llada(score, cand, p.threshold)
+        if p.remasking == "random":
+            score = rules.random_scores(cand.shape, window.device, self.generator)
+        elif self.rule == "entropy":
+            score = rules.entropy(window)
         else:
-            score = (rules.confidence(window, tokens) if p.remasking == "low_confidence"
-                     else rules.random_scores(cand.shape, cand.device, self.generator))
-            if self.rule == "confidence" and p.threshold is not None:
-                transfer = rules.commit_confidence(score, cand, p.threshold)
-            else:
-                i = np.minimum(state.step, state.quota.shape[1] - 1)
-                quota = np.where(state.step < state.quota.shape[1], state.quota[np.arange(canvas.size), i], 1)
-                transfer = rules.commit_quota(score, cand, torch.from_numpy(quota).to(cand.device), int(quota.max()))
+            score = rules.confidence(window, tokens)
+        score, tokens = rules.to_host(score, tokens)
+        if self.rule == "entropy":
+            transfer = rules.commit_entropy_llada(score, cand, p.threshold)
+        elif self.rule == "confidence" and p.threshold is not None:
+            transfer = rules.commit_confidence(score, cand, p.threshold)
+        else:
+            i = np.minimum(state.step, state.quota.shape[1] - 1)
+            quota = np.where(state.step < state.quota.shape[1], state.quota[np.arange(canvas.size), i], 1)
+            transfer = rules.commit_quota(score, cand, quota)
         return Commit(transfer, tokens, start=w0)
 
-    def _dream_rule(self, state: BlockState, window: torch.Tensor, cand: torch.Tensor, block_col: np.ndarray
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dream_rule(self, state: BlockState, window: torch.Tensor, cand: np.ndarray, block_col: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
         """Dream's commit rules (module docstring); ``block_col`` is each row's block start in window columns."""
         p = self.params
         if self.rule == "entropy":
             tokens = rules.multinomial_sample(window, p.temperature, self.generator, exclude=self.mask_id)
-            left = torch.from_numpy(state.left).to(cand.device)
-            return rules.commit_lowest_k(rules.dream_entropy(window), cand, left, int(state.left.max()),
-                                         p.threshold), tokens
-        conf, tokens = rules.dream_sample(window, p.temperature, None, None, "confidence", self.generator,
-                                          exclude=self.mask_id)
+            h, tokens = rules.to_host(rules.dream_entropy(window), tokens)
+            return rules.commit_lowest_k(h, cand, state.left, p.threshold), tokens
+        conf, tokens = rules.to_host(*rules.dream_sample(window, p.temperature, None, None, "confidence",
+                                                         self.generator, exclude=self.mask_id))
         transfer = rules.commit_confidence(conf, cand, p.threshold)
-        if not state.inner.all():  # block-initial forward: only the block's first position
-            col = torch.from_numpy(block_col).to(cand.device)[:, None]
-            first = torch.arange(cand.shape[1], device=cand.device)[None, :] == col
-            inner = torch.from_numpy(state.inner).to(cand.device)[:, None]
-            transfer = torch.where(inner, transfer, first)
-        return transfer, tokens
+        first = np.arange(cand.shape[1])[None, :] == block_col[:, None]  # block-initial forward: first position only
+        return np.where(state.inner[:, None], transfer, first), tokens
 
-    def update(self, canvas: Canvas, state: BlockState, commit: Commit, host: np.ndarray) -> None:
-        counts = self._block_counts(canvas, host)
+    def update(self, canvas: Canvas, state: BlockState, commit: Commit) -> None:
+        counts = self._block_counts(canvas)
         rows = np.arange(canvas.size)
         left = counts[rows, np.minimum(state.block, counts.shape[1] - 1)]
         state.left = left

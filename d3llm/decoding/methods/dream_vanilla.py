@@ -90,23 +90,28 @@ class DreamVanilla(DecodingMethod):
         if p.alg == "origin":
             _, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, "confidence", self.generator,
                                            exclude=self.mask_id)
+            u, tokens = rules.to_host(torch.rand(cand.shape, device=window.device, generator=self.generator), tokens)
             chance = 1.0 if last else float(1 - s / t)
-            u = torch.rand(cand.shape, device=cand.device, generator=self.generator)
             return Commit(cand & (u < chance), tokens, start=w0)
         score, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, _SCORES[p.alg], self.generator,
                                            exclude=self.mask_id)
-        masks = cand.sum(-1)
-        count = masks if last else (masks.float() * (1 - s / t)).long()  # float32 flooring, as the reference
-        k_max = int(count.max())
+        masks = cand.sum(axis=1)
+        # float32 flooring of masks * (1 - s/t), as the reference computes it
+        count = masks if last else (torch.from_numpy(masks).float() * (1 - s / t)).long().numpy()
         if not p.alg_temp:
-            return Commit(rules.commit_quota(score, cand, count, k_max), tokens, start=w0)
-        transfer = torch.zeros_like(cand)
+            score, tokens = rules.to_host(score, tokens)
+            return Commit(rules.commit_quota(score, cand, count), tokens, start=w0)
+        k_max = int(count.max())
+        transfer = np.zeros_like(cand)
         if k_max > 0:
-            weights = torch.softmax(torch.where(cand, score, -rules.INF).float() / p.alg_temp, dim=-1)
-            picks = torch.multinomial(weights, k_max, generator=self.generator)
-            keep = torch.arange(k_max, device=cand.device)[None, :] < count[:, None]
-            transfer.scatter_(1, picks, keep)
+            cand_t = torch.from_numpy(cand).to(window.device)
+            weights = torch.softmax(torch.where(cand_t, score, -rules.INF).float() / p.alg_temp, dim=-1)
+            picks, tokens = rules.to_host(torch.multinomial(weights, k_max, generator=self.generator), tokens)
+            keep = np.arange(k_max)[None, :] < count[:, None]
+            np.put_along_axis(transfer, picks, keep, axis=1)
+        else:
+            tokens = rules.to_host(tokens)[0]
         return Commit(transfer & cand, tokens, start=w0)
 
-    def update(self, canvas: Canvas, state: DreamVanillaState, commit: Commit, host: np.ndarray) -> None:
+    def update(self, canvas: Canvas, state: DreamVanillaState, commit: Commit) -> None:
         state.step += 1

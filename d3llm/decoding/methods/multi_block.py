@@ -83,7 +83,7 @@ class MultiBlockParams(Params):
 @dataclass
 class MultiBlockState(MethodState):
     row_fields = ("created", "masks", "full", "done_at", "cached", "next_block", "cache_len", "has_kv", "nfe",
-                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "host", "spare",
+                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "snapshot", "spare",
                   "lo", "a", "f_start", "f_end", "has_f")
     created: np.ndarray  # [n, K] block exists (K = blocks + 1, index 0 = prompt)
     masks: np.ndarray  # [n, K] masks left (bookkeeping)
@@ -102,7 +102,7 @@ class MultiBlockState(MethodState):
     canvas_masks: np.ndarray  # [n, blocks] masks per generation block in the canvas
     start: np.ndarray | None = None  # [K] first column of every block (shared by all rows)
     end: np.ndarray | None = None  # [K] one past the last column of every block
-    host: np.ndarray | None = None  # [n, L] the canvas on the host as of the last commit (before early stop)
+    snapshot: np.ndarray | None = None  # [n, L] masks before this iteration's early-stop fill (None: no fill)
     spare: np.ndarray | None = None  # [n] a prompt column that is no mask (padding entries of a sparse commit)
     prompt_has_masks: bool = False
     # per-iteration values handed from plan() to commit()
@@ -161,11 +161,10 @@ class MultiBlock(DecodingMethod):
         state.done_at[:, 0] = 0
         state.masks[:, 1] = p.block_size
         state.full[:, 1] = 1.0 >= p.decoded_token_threshold
-        host = canvas.x.cpu().numpy().copy()
-        prompt_masks = host[:, : canvas.gen_start] == canvas.mask_id
+        prompt_masks = canvas.x[:, : canvas.gen_start] == canvas.mask_id
         state.prompt_has_masks = bool(prompt_masks.any())
         state.spare = np.where(prompt_masks[:, -1], np.argmin(prompt_masks, axis=1), canvas.gen_start - 1)
-        self._refresh_stats(canvas, state, host)
+        self._refresh_stats(canvas, state)
         return state
 
     # -- plan ------------------------------------------------------------------------------------------------------
@@ -181,6 +180,7 @@ class MultiBlock(DecodingMethod):
         st.nfe[active] += 1
 
         eos_seen = np.zeros(n, dtype=bool)
+        st.snapshot = None
         if self.early_stop:
             eos_seen = active & (st.eos_pos >= 0)
             if eos_seen.any():
@@ -227,9 +227,9 @@ class MultiBlock(DecodingMethod):
         """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest."""
         p = self.params
         e = st.eos_pos
-        e_t = torch.from_numpy(np.where(eos_seen, e, canvas.length)).to(canvas.device)
-        pos = torch.arange(canvas.length, device=canvas.device)
-        canvas.x.masked_fill_(pos[None, :] > e_t[:, None], self.eos_id)
+        after_eos = np.arange(canvas.length)[None, :] > np.where(eos_seen, e, canvas.length)[:, None]
+        st.snapshot = canvas.x == canvas.mask_id  # this iteration's candidates are read before the fill (SPEC 4.7)
+        canvas.x[after_eos] = self.eos_id
 
         blk = np.where(eos_seen, (e - canvas.gen_start) // p.block_size + 1, 0)
         after = ids[None, :] > blk[:, None]
@@ -313,69 +313,69 @@ class MultiBlock(DecodingMethod):
         p = self.params
         n, device, width = canvas.size, canvas.device, logits.shape[1]
         cols = np.arange(canvas.length)
-        cand = (st.host == canvas.mask_id) & (cols >= st.lo[:, None]) & (cols < st.a[:, None])
+        masked = st.snapshot if st.snapshot is not None else canvas.x == canvas.mask_id
+        cand = masked & (cols >= st.lo[:, None]) & (cols < st.a[:, None])
         counts = cand.sum(axis=1)
         k = max(int(counts.max()), 1)
         valid = np.arange(k)[None, :] < counts[:, None]
         pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k], st.spare[:, None])
-        in_f = valid & (pos >= st.f_start[:, None]) & (pos < st.f_end[:, None]) & st.has_f[:, None]
-        index = np.empty((2, n, k), dtype=np.int64)  # one host -> device copy per dtype for the step's inputs
-        index[0] = pos
-        index[1] = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
-        masks = np.empty((4, n, k), dtype=bool)
-        masks[0], masks[1], masks[2], masks[3] = valid, ~valid, in_f, ~in_f
-        pos_t, flat_t = torch.from_numpy(index).to(device)
-        valid_t, invalid_t, in_f_t, out_f_t = torch.from_numpy(masks).to(device)
-        scores_at = logits.reshape(n * width, -1).index_select(0, flat_t.reshape(-1)).view(n, k, -1)
+        flat = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
+        scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat.reshape(-1)).to(device))
+        scores_at = scores_at.view(n, k, -1)
 
         if p.remasking == "low_confidence":
             h, probs = rules.entropy_and_probs(scores_at)
         else:
-            h, probs = rules.random_scores(valid_t.shape, device, self.generator), None
+            h, probs = rules.random_scores((n, k), device, self.generator), None
         if p.temperature == 0 and probs is not None:
             tokens = rules.argmax_excluding(probs, self.mask_id)
         elif self.family == "dream":
             tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
         else:
             tokens = rules.gumbel_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
-        if self.family == "dream":
-            transfer = rules.commit_entropy_dream(h, valid_t, p.threshold)
+        forced_tokens = None
+        if self.family != "dream" and p.temperature > 0 and st.has_f.any():  # LLaDA forces the argmax token
+            forced_tokens = rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id)
+            h, tokens, forced_tokens = rules.to_host(h, tokens, forced_tokens)
         else:
-            transfer = rules.commit_entropy_llada(h, valid_t, p.threshold, non_candidates=invalid_t)
-        if st.has_f.any():
-            self._guarantee(transfer, tokens, h, in_f_t, out_f_t, scores_at)
-        return Commit(transfer, tokens, positions=pos_t)
+            h, tokens = rules.to_host(h, tokens)
 
-    def _guarantee(self, transfer: torch.Tensor, tokens: torch.Tensor, h: torch.Tensor, block: torch.Tensor,
-                   outside: torch.Tensor, scores_at: torch.Tensor) -> None:
+        if self.family == "dream":
+            transfer = rules.commit_entropy_dream(h, valid, p.threshold)
+        else:
+            transfer = rules.commit_entropy_llada(h, valid, p.threshold)
+        if st.has_f.any():
+            in_f = valid & (pos >= st.f_start[:, None]) & (pos < st.f_end[:, None]) & st.has_f[:, None]
+            self._guarantee(transfer, tokens, h, in_f, forced_tokens)
+        return Commit(transfer, tokens, positions=pos)
+
+    @staticmethod
+    def _guarantee(transfer: np.ndarray, tokens: np.ndarray, h: np.ndarray, block: np.ndarray,
+                   forced_tokens: np.ndarray | None) -> None:
         """The first fully activated block with masks commits at least its lowest-entropy mask (in place;
-        ``block`` marks that block's candidates, ``outside`` the other entries).
+        ``block`` marks that block's candidates). LLaDA gives a forced position the argmax token
+        (``forced_tokens``; at temperature 0 the chosen token already is).
 
         Adding that mask unconditionally is the same rule: when the block already got a token, its lowest-entropy
         mask is among the committed ones (it is under the threshold, or it is the global lowest).
         """
-        before = transfer.clone() if self.family != "dream" and self.params.temperature > 0 else None
-        rules.add_best(transfer, h, block, lowest=True, non_candidates=outside)
-        if before is not None:  # LLaDA forces the argmax token, not the sample, where the rule itself added nothing
-            hit = (before & block).any(-1, keepdim=True)
+        hit = (transfer & block).any(axis=1, keepdims=True)
+        before = transfer.copy()
+        rules.add_best(transfer, h, block, lowest=True)
+        if forced_tokens is not None:
             forced = transfer & ~before & ~hit
-            tokens.copy_(torch.where(forced, rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id), tokens))
+            tokens[forced] = forced_tokens[forced]
 
     # -- bookkeeping -------------------------------------------------------------------------------------------------
-    def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit, host: np.ndarray) -> None:
-        n, b, g = canvas.size, self.params.block_size, canvas.gen_start
-        blocks = self.params.max_new_tokens // b
-        pos = commit.positions.cpu().numpy()
-        hit = commit.transfer.cpu().numpy() & (pos >= g)  # commits of prompt masks belong to no block
-        flat = (np.arange(n)[:, None] * blocks + (pos - g) // b)[hit]
-        per_block = np.bincount(flat, minlength=n * blocks).reshape(n, blocks)
-        st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - per_block, 0)
-        self._refresh_stats(canvas, st, host)
+    def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit) -> None:
+        p = self.params
+        committed = commit.per_block(canvas.gen_start, p.block_size, p.max_new_tokens // p.block_size)
+        st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - committed, 0)
+        self._refresh_stats(canvas, st)
 
-    def _refresh_stats(self, canvas: Canvas, st: MultiBlockState, host: np.ndarray) -> None:
+    def _refresh_stats(self, canvas: Canvas, st: MultiBlockState) -> None:
         """Canvas statistics the next plan needs: masks per block, and the first EOS with the masks around it."""
-        st.host = host
-        gen = host[:, canvas.gen_start:]
+        gen = canvas.x[:, canvas.gen_start:]
         n, b = canvas.size, self.params.block_size
         is_mask = gen == canvas.mask_id
         st.canvas_masks = is_mask.reshape(n, -1, b).sum(-1)
