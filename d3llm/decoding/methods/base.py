@@ -206,11 +206,12 @@ class DecodingMethod:
         return StepPlan(run=run, start=np.zeros(n, dtype=np.int64), end=np.full(n, canvas.length, dtype=np.int64))
 
     @staticmethod
-    def window_candidates(canvas: Canvas, lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, np.ndarray]:
+    def window_candidates(canvas: Canvas, lo: np.ndarray, hi: np.ndarray, masked: np.ndarray | None = None
+                          ) -> tuple[int, int, np.ndarray]:
         """The window ``[w0, w1)`` spanning every row's candidate range ``[lo, hi)`` and the ``[n, W]`` candidate
-        mask: masked positions inside the row's range."""
+        mask: masked positions (per ``masked`` ``[n, L]`` when given, else the canvas) inside the row's range."""
         w0, w1 = int(lo.min()), int(hi.max())
-        cand = canvas.x[:, w0:w1] == canvas.mask_id
+        cand = masked[:, w0:w1].copy() if masked is not None else canvas.x[:, w0:w1] == canvas.mask_id
         if (lo != w0).any() or (hi != w1).any():
             cols = np.arange(w0, w1)
             cand &= (cols >= lo[:, None]) & (cols < hi[:, None])

@@ -312,13 +312,11 @@ class MultiBlock(DecodingMethod):
         early stop) in ``[lo, a)`` of each row, gathered in canvas order (``[n, K]``, padded)."""
         p = self.params
         n, device, width = canvas.size, canvas.device, logits.shape[1]
-        cols = np.arange(canvas.length)
-        masked = st.snapshot if st.snapshot is not None else canvas.x == canvas.mask_id
-        cand = masked & (cols >= st.lo[:, None]) & (cols < st.a[:, None])
+        w0, w1, cand = self.window_candidates(canvas, st.lo, st.a, st.snapshot)
         counts = cand.sum(axis=1)
         k = max(int(counts.max()), 1)
         valid = np.arange(k)[None, :] < counts[:, None]
-        pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k], st.spare[:, None])
+        pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
         flat = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
         scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat.reshape(-1)).to(device))
         scores_at = scores_at.view(n, k, -1)
@@ -382,12 +380,15 @@ class MultiBlock(DecodingMethod):
         st.any_mask = is_mask.any(axis=1)
         if self.early_stop:
             is_eos = gen == self.eos_id
-            e = is_eos.argmax(axis=1)
-            cum = np.cumsum(is_mask, axis=1)
-            rows = np.arange(n)
-            upto = cum[rows, e]
-            block_first = (e // b) * b
-            before_block = np.where(block_first > 0, cum[rows, np.maximum(block_first - 1, 0)], 0)
-            st.eos_pos = np.where(is_eos.any(axis=1), e + canvas.gen_start, -1)
-            st.eos_block_masks = upto - before_block
-            st.masks_before_eos = upto
+            has_eos = is_eos.any(axis=1)
+            st.eos_pos = np.full(n, -1, dtype=np.int64)
+            if has_eos.any():
+                e = is_eos.argmax(axis=1)
+                cum = np.cumsum(is_mask, axis=1)
+                rows = np.arange(n)
+                upto = cum[rows, e]
+                block_first = (e // b) * b
+                before_block = np.where(block_first > 0, cum[rows, np.maximum(block_first - 1, 0)], 0)
+                st.eos_pos = np.where(has_eos, e + canvas.gen_start, -1)
+                st.eos_block_masks = upto - before_block
+                st.masks_before_eos = upto
