@@ -1,0 +1,188 @@
+"""Training checkpoints: written atomically, verified before they are loaded.
+
+Layout of ``OUT/checkpoints/step-000500/``::
+
+    model/                 config.json + model.safetensors + tokenizer files (a loadable model folder)
+    optimizer.pt           the optimizer's state_dict: plain tensors, numbers and lists (torch.save)
+    trainer_state.json     step, the training options, metrics so far
+    manifest.json          size and SHA-256 of every other file; written last
+
+A checkpoint is assembled in a hidden ``.step-000500.partial-*`` folder and renamed into place only once complete,
+so a process killed while saving (even with SIGKILL) leaves no ``step-*`` folder behind, only a partial folder that
+the next run removes. Loading checks every file against the manifest first: a truncated, corrupted or missing file
+is a :class:`~d3llm.errors.CheckpointError` naming the file, never a silent load. ``optimizer.pt`` is read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from d3llm.errors import CheckpointError
+from d3llm.models.checkpoint import _atomic_write, atomic_write_text
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.pt"
+MODEL_DIR = "model"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+FORMAT_VERSION = 1
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CheckpointInfo:
+    """A checkpoint folder and its step."""
+
+    path: Path
+    step: int
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def list_checkpoints(out: str | os.PathLike) -> list[CheckpointInfo]:
+    """Complete-looking ``step-N`` folders under ``OUT/checkpoints``, oldest first (partial folders excluded)."""
+    folder = checkpoint_dir(out)
+    if not folder.is_dir():
+        return []
+    found = []
+    for child in folder.iterdir():
+        match = _STEP_RE.match(child.name)
+        if match and child.is_dir():
+            found.append(CheckpointInfo(child, int(match.group(1))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def remove_partial(out: str | os.PathLike) -> list[Path]:
+    """Delete folders left by saves that were interrupted; returns them."""
+    folder = checkpoint_dir(out)
+    removed = []
+    if folder.is_dir():
+        for child in folder.iterdir():
+            if child.name.startswith(".step-") and ".partial" in child.name:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], tokenizer_dir: str | os.PathLike | None, keep: int | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` checkpoints (None: all)."""
+    from d3llm.models.checkpoint import save_model
+
+    root = checkpoint_dir(out)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_model(model, tmp / MODEL_DIR, tokenizer=tokenizer_dir)
+        opt_state = optimizer.state_dict()
+        _atomic_write(tmp / OPTIMIZER, lambda p: torch.save(opt_state, p))
+        atomic_write_text(tmp / STATE, json.dumps({**state, "step": step, "format": FORMAT_VERSION}, indent=2) + "\n")
+        files = {}
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = file.relative_to(tmp).as_posix()
+            files[rel] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():  # a re-run that reached the same step: replace it
+            trash = root / f".step-{step:06d}.partial-old-{os.getpid()}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None and keep > 0:
+        for old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """Check every file of a checkpoint against its manifest; return the manifest. Raises CheckpointError."""
+    folder = Path(path)
+    hint = (f"delete {folder} to resume from the previous checkpoint (or restart without --resume)")
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it is incomplete or was not written by "
+                              f"d3llm train; {hint}")
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files listed")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{manifest_file} is corrupted ({exc}); {hint}") from None
+    for rel, meta in files.items():
+        file = folder / rel
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {folder}: file {rel} listed in {MANIFEST} is missing; {hint}")
+        size = file.stat().st_size
+        if size != meta.get("size"):
+            raise CheckpointError(
+                f"checkpoint {folder}: {rel} is truncated or corrupted ({size} bytes, the manifest says "
+                f"{meta.get('size')}); {hint}"
+            )
+        if _sha256(file) != meta.get("sha256"):
+            raise CheckpointError(
+                f"checkpoint {folder}: {rel} is corrupted (SHA-256 differs from the manifest); {hint}"
+            )
+    return manifest
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[Any, dict, dict]:
+    """Verify, then load a checkpoint: returns (model, optimizer state_dict, trainer state)."""
+    from d3llm.models.checkpoint import load_model
+
+    folder = Path(path)
+    verify_checkpoint(folder)
+    model = load_model(folder / MODEL_DIR, device=device)
+    try:
+        opt_state = torch.load(folder / OPTIMIZER, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
+        raise CheckpointError(f"{folder / OPTIMIZER}: cannot load the optimizer state with weights_only=True "
+                              f"({str(exc).splitlines()[0]})") from None
+    try:
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{folder / STATE} is not valid JSON: {exc}") from None
+    return model, opt_state, state

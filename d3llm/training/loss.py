@@ -1,0 +1,72 @@
+"""The masked-diffusion SFT objective of the LLaDA guidelines.
+
+For each sequence a ratio ``t ~ U(0, 1)`` is drawn and ``p = (1 - eps) * t + eps``; every response token is
+replaced by the mask token independently with probability ``p`` (the prompt never is); the loss is the sum over
+masked tokens of ``CE / p`` divided by the response length of that sequence (EOS padding included), averaged over
+the batch. This is an upper bound on the negative log-likelihood of the response (the masked-diffusion ELBO).
+
+The randomness is drawn for the response columns only (``t`` ``[B]`` and uniforms ``u`` ``[B, R]``), so a global
+batch can draw it once and hand each data-parallel rank its rows: one process and many see the same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from d3llm.training.collate import Batch
+
+
+@dataclass
+class LossOutput:
+    """``loss`` (scalar, differentiable); ``masked`` tokens and the unweighted masked ``ce`` sum (for logging)."""
+
+    loss: torch.Tensor
+    masked: int
+    ce_sum: float
+
+
+def draw_noise(n: int, response_length: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ratios ``t`` ``[n]`` ~ U(0, 1) and per-token uniforms ``u`` ``[n, response_length]`` (CPU, float32)."""
+    t = torch.rand(n, generator=generator)
+    u = torch.rand(n, response_length, generator=generator)
+    return t, u
+
+
+def add_noise(batch: Batch, mask_id: int, t: torch.Tensor, u: torch.Tensor, eps: float = 1e-3
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask response tokens where ``u < p``, ``p = (1 - eps) * t + eps``.
+
+    Args:
+        batch: ``input_ids`` ``[B, L]`` whose last ``R = response_length`` columns are the response.
+        t: ``[B]`` ratios; u: ``[B, R]`` uniforms.
+    Returns:
+        ``noisy`` ids ``[B, L]``, the boolean ``masked`` map ``[B, L]`` and ``p`` ``[B]``.
+    """
+    ids = batch.input_ids
+    bsz, length = ids.shape
+    r = batch.response_length
+    if t.shape != (bsz,) or u.shape != (bsz, r):
+        raise ValueError(f"noise shapes t {tuple(t.shape)}, u {tuple(u.shape)} do not match the batch [{bsz}, R={r}]")
+    p = ((1 - eps) * t + eps).to(ids.device)
+    masked = torch.zeros(bsz, length, dtype=torch.bool, device=ids.device)
+    masked[:, length - r:] = u.to(ids.device) < p[:, None]
+    noisy = ids.masked_fill(masked, mask_id)
+    return noisy, masked, p
+
+
+def masked_diffusion_loss(model, batch: Batch, mask_id: int, t: torch.Tensor, u: torch.Tensor,
+                          eps: float = 1e-3) -> LossOutput:
+    """LLaDA SFT loss on one batch (see the module docstring). ``model(ids, attention_mask=...)`` must return
+    ``.logits`` ``[B, L, V]`` where position i scores token i."""
+    noisy, masked, p = add_noise(batch, mask_id, t, u, eps)
+    logits = model(noisy, attention_mask=batch.attention_mask).logits
+    rows, cols = masked.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return LossOutput(loss=logits.sum() * 0.0, masked=0, ce_sum=0.0)
+    ce = F.cross_entropy(logits[rows, cols].float(), batch.input_ids[rows, cols], reduction="none")
+    loss = (ce / p[rows]).sum() / batch.response_length / batch.input_ids.shape[0]
+    return LossOutput(loss=loss, masked=int(rows.numel()), ce_sum=float(ce.detach().sum()))
