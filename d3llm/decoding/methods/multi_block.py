@@ -117,6 +117,14 @@ class MultiBlock(DecodingMethod):
     name = "multi_block"
     Params = MultiBlockParams
 
+    def __init__(self, params: MultiBlockParams, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        # Whether a block with m masks left (m = 0..block_size) has reached each threshold. The progress
+        # 1 - m / block_size is computed once per m, in float64 as the reference's Python floats.
+        progress = 1.0 - np.arange(params.block_size + 1) / float(params.block_size)
+        self._activates = progress >= params.decoded_token_threshold
+        self._opens = progress >= params.block_add_threshold
+
     @property
     def uses_cache(self) -> bool:
         return self.params.cache_delay_iter is not None
@@ -134,12 +142,6 @@ class MultiBlock(DecodingMethod):
         end = start + b
         end[0] = canvas.gen_start
         return start, end
-
-    def _progress(self, masks: np.ndarray) -> np.ndarray:
-        """Decoded fraction of every block (prompt: 1.0), in float64 as the reference's Python floats."""
-        prog = 1.0 - masks / float(self.params.block_size)
-        prog[:, 0] = 1.0
-        return prog
 
     # -- state -----------------------------------------------------------------------------------------------------
     def init_state(self, canvas: Canvas) -> MultiBlockState:
@@ -169,43 +171,41 @@ class MultiBlock(DecodingMethod):
 
     # -- plan ------------------------------------------------------------------------------------------------------
     def plan(self, canvas: Canvas, st: MultiBlockState, step: int) -> StepPlan:
-        p = self.params
-        n, length = canvas.size, canvas.length
-        blocks = p.max_new_tokens // p.block_size
-        start, end = st.start, st.end
+        n = canvas.size
+        blocks = self.params.max_new_tokens // self.params.block_size
         ids = np.arange(blocks + 1)
         rows = np.arange(n)
 
         active = st.any_mask | (st.next_block <= blocks)
-        st.nfe[active] += 1
+        st.nfe += active
 
-        eos_seen = np.zeros(n, dtype=bool)
+        eos_seen = None
         st.snapshot = None
         if self.early_stop:
             eos_seen = active & (st.eos_pos >= 0)
             if eos_seen.any():
-                self._apply_early_stop(canvas, st, eos_seen, start, ids)
+                self._apply_early_stop(canvas, st, eos_seen, ids)
                 active &= ~(eos_seen & (st.masks_before_eos == 0))
 
-        prog = self._progress(st.masks)
-        st.full[:, 1:] |= st.created[:, 1:] & (prog[:, :-1] >= p.decoded_token_threshold)
+        masks = st.masks  # the prompt block has none: its progress is 1
+        st.full[:, 1:] |= st.created[:, 1:] & self._activates[masks[:, :-1]]
 
         last = st.next_block - 1
-        grow = active & (st.next_block <= blocks) & ~eos_seen & (last > 0)
-        grow &= (prog[rows, last] >= p.block_add_threshold) | (st.masks[rows, last] == 0)
+        last_masks = masks[rows, last]
+        grow = active & (last < blocks) & (last > 0) & (self._opens[last_masks] | (last_masks == 0))
+        if eos_seen is not None:
+            grow &= ~eos_seen
         if grow.any():
-            r = rows[grow]
-            b = st.next_block[grow]
+            r, b = rows[grow], st.next_block[grow]
             st.created[r, b] = True
-            st.masks[r, b] = st.canvas_masks[r, b - 1]
-            st.full[r, b] = prog[r, b - 1] >= p.decoded_token_threshold
+            masks[r, b] = st.canvas_masks[r, b - 1]
+            st.full[r, b] = self._activates[last_masks[grow]]
             st.next_block[grow] += 1
 
-        has_masks = st.masks > 0
-        qualifies = st.created & (st.full | has_masks)
-        last_active = (qualifies * ids).max(axis=1)
+        has_masks = masks > 0
+        last_active = (st.created & (st.full | has_masks)).cumsum(axis=1).argmax(axis=1)
         active &= last_active > 0
-        st.a = end[last_active]
+        st.a = st.end[last_active]
 
         if not self.uses_cache:
             st.lo = np.full(n, 0 if st.prompt_has_masks else canvas.gen_start, dtype=np.int64)
@@ -215,21 +215,21 @@ class MultiBlock(DecodingMethod):
             active = plan.run
             st.lo = np.maximum(plan.start, canvas.gen_start)
 
-        fa = st.created & st.full & has_masks  # the prompt block never has masks
+        fa = st.created & st.full & has_masks
         st.has_f = fa.any(axis=1)
-        f = np.argmax(fa, axis=1)
-        st.f_start, st.f_end = start[f], end[f]
+        f = fa.argmax(axis=1)
+        st.f_start, st.f_end = st.start[f], st.end[f]
         plan.run = active
         return plan
 
-    def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, start: np.ndarray,
-                          ids: np.ndarray) -> None:
+    def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, ids: np.ndarray) -> None:
         """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest."""
         p = self.params
         e = st.eos_pos
         after_eos = np.arange(canvas.length)[None, :] > np.where(eos_seen, e, canvas.length)[:, None]
-        st.snapshot = canvas.x == canvas.mask_id  # this iteration's candidates are read before the fill (SPEC 4.7)
-        canvas.x[after_eos] = self.eos_id
+        if (canvas.x[after_eos] != self.eos_id).any():
+            st.snapshot = canvas.x == canvas.mask_id  # this iteration's candidates are read before the fill
+            canvas.x[after_eos] = self.eos_id
 
         blk = np.where(eos_seen, (e - canvas.gen_start) // p.block_size + 1, 0)
         after = ids[None, :] > blk[:, None]
@@ -247,7 +247,7 @@ class MultiBlock(DecodingMethod):
         blocks = p.max_new_tokens // p.block_size
         nb = st.next_block
         precreate = eos_seen & (nb <= blocks)
-        precreate &= start[np.minimum(nb, blocks)] > e
+        precreate &= st.start[np.minimum(nb, blocks)] > e
         if precreate.any():
             fill = precreate[:, None] & (ids[None, :] >= nb[:, None])
             st.created |= fill
@@ -263,46 +263,40 @@ class MultiBlock(DecodingMethod):
         """SPEC 4.6: which blocks become cacheable, then branch A (append), B (cached), C (refresh) or D (full)."""
         p = self.params
         n, length = canvas.size, canvas.length
-        start, end = st.start, st.end
-        delay = p.cache_delay_iter
-        k = ids.size
         nfe = st.nfe[:, None]
 
-        eligible = st.created & (end[None, :] > st.cache_len[:, None]) & active[:, None]
-        finished_blk = eligible & ~has_masks
-        first_seen = np.where(finished_blk & (st.done_at < 0), nfe, st.done_at)
-        waited = nfe - first_seen
-        stop = eligible & (has_masks | (finished_blk & (waited < delay)))
-        first_stop = np.where(stop.any(axis=1), np.argmax(stop, axis=1), k)
-        upto = ids[None, :] <= first_stop[:, None]
-        before = ids[None, :] < first_stop[:, None]
-        st.done_at = np.where(finished_blk & upto, first_seen, st.done_at)
-        to_cache = before & finished_blk & (waited >= delay) & ~st.cached
+        # Scan the blocks after the cached prefix in order: a finished block is stamped when first seen finished
+        # and becomes cacheable D iterations later; the scan stops at a block with masks or one still waiting.
+        eligible = st.created & (st.end > st.cache_len[:, None]) & active[:, None]
+        finished = eligible & ~has_masks
+        unseen = finished & (st.done_at < 0)
+        first_seen = np.where(unseen, nfe, st.done_at)
+        ready = nfe - first_seen >= p.cache_delay_iter
+        stop = eligible & (has_masks | ~ready)
+        first_stop = np.where(stop.any(axis=1), stop.argmax(axis=1), ids.size)[:, None]
+        st.done_at = np.where(unseen & (ids <= first_stop), nfe, st.done_at)
+        to_cache = finished & ready & (ids < first_stop) & ~st.cached
         st.cached |= to_cache
         newest = np.where(to_cache, ids, -1).max(axis=1)
-        upd = np.where(newest >= 0, end[np.maximum(newest, 0)] - st.cache_len, 0)
+        upd = np.where(newest >= 0, st.end[newest] - st.cache_len, 0)
 
         stab = st.created & ~has_masks & (st.done_at >= 0) & ~st.cached
         has_stab = stab.any(axis=1)
-        open_starts = np.where(stab | (st.created & has_masks), start[None, :], length)
-        fsp = np.minimum(st.cache_len, open_starts.min(axis=1))
-        run = active & (fsp < st.a)
+        open_start = np.where(stab | (st.created & has_masks), st.start, length).min(axis=1)
+        run = active & (np.minimum(st.cache_len, open_start) < st.a)
 
-        periodic = (st.nfe % p.refresh_interval == 0) if p.refresh_interval else np.zeros(n, dtype=bool)
+        periodic = (st.nfe % p.refresh_interval == 0) if p.refresh_interval else False
         if p.reference_exact:  # the reference appends against the (stale) prefix even when a refresh is due
             refresh = st.has_kv & (upd == 0) & (periodic | has_stab)
         else:  # a due periodic refresh takes precedence; its full forward also provides the appended blocks
             refresh = st.has_kv & (periodic | (has_stab & (upd == 0)))
-        append = (upd > 0) & ~refresh  # A: forward after the cached prefix, appending the new blocks
-        cached_read = ~append & ~refresh & st.has_kv  # B
+        cached_forward = ~refresh & (st.has_kv | (upd > 0))  # A (append) or B (read the cache)
         lead = 1 if self.family == "dream" else 0
         new_cache_len = st.cache_len + upd
-        kv_len = np.maximum(new_cache_len - lead, 0)
-
-        plan_start = np.where(append | cached_read, np.maximum(st.cache_len - lead, 0), 0)
-        new_len = np.where(append | cached_read | refresh, kv_len, 0)
+        plan_start = np.where(cached_forward, np.maximum(st.cache_len - lead, 0), 0)
+        new_len = np.where(cached_forward | refresh, np.maximum(new_cache_len - lead, 0), 0)
         st.cache_len = np.where(run, new_cache_len, st.cache_len)
-        st.has_kv = st.has_kv | (run & (append | refresh))
+        st.has_kv |= run & (cached_forward | refresh)
         return StepPlan(run=run, start=plan_start, end=np.full(n, length, dtype=np.int64), cache_length=new_len)
 
     # -- commit ----------------------------------------------------------------------------------------------------
