@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 import d3llm
+from d3llm.eval.environment import environment
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
 
@@ -38,41 +37,6 @@ def settings(gen: int, block: int, threshold: float, confidence: float) -> dict[
         "multi_block+cache(D=2,R=3)": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=2,
                                                             refresh_interval=3)),
     }
-
-
-def environment(device: torch.device, model) -> dict:
-    """Hardware and software stamp of a run."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        sha = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    env = {
-        "device": str(device), "cpu": cpu, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "d3llm": d3llm.__version__, "git_sha": sha,
-        "dtype": str(model.dtype), "model_parameters": model.num_parameters(), "model": model.config.describe(),
-    }
-    if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   driver=_nvidia_driver())
-    return env
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 def load(args):
@@ -155,7 +119,7 @@ def main(argv=None) -> int:
             print(f"{name:28s} batch {batch:2d}  NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
                   f"{row['tokens_per_s']:8.1f} tok/s  wall {row['wall_s']:7.3f}s  model {row['model_s']:7.3f}s  "
                   f"loop {100 * row['loop_share']:5.1f}%", flush=True)
-    record = {"model_source": source, "argv": sys.argv[1:], "environment": environment(model.device, model),
+    record = {"model_source": source, "argv": sys.argv[1:], "environment": environment(model),
               "settings": {k: table[k] for k in names}, "results": rows,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = Path(args.out)

@@ -11,7 +11,7 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("demo", "generate", "info", "train")
+COMMANDS = ("demo", "eval", "generate", "info", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

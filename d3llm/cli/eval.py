@@ -1,0 +1,61 @@
+"""``d3llm eval``: accuracy, TPF and tokens/s of one decoder setting on a task or a JSONL file.
+
+    d3llm eval --task arith --method vanilla --steps 64 --max-new-tokens 64 --block-size 32 --limit 100
+    d3llm eval --model DIR --task data.jsonl --method multi_block --threshold 0.5 --json --out eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from d3llm.cli.options import add_decoder_flags, add_model_flags, decoder_params, model_folder
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a decoder setting on a task", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
+    p.add_argument("--task", default="arith", help="'arith' (its test split), 'arith:train', or a JSONL file with "
+                                                    "'question' and 'answer' fields")
+    add_decoder_flags(p)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--out", default=None, help="also write summary, per-request records and environment to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import d3llm
+    from d3llm.errors import ConfigError
+    from d3llm.eval.runner import evaluate
+    from d3llm.tasks.data import load_dataset
+
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
+    if args.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    folder = model_folder(args)
+    dataset = load_dataset(args.task, default_split="test")
+    model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
+    tokenizer = d3llm.load_tokenizer(folder)
+    result = evaluate(model, tokenizer, dataset, args.method, decoder_params(args), batch_size=args.batch_size,
+                      limit=args.limit, seed=args.seed, progress=not (args.no_progress or args.json))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        os.replace(tmp, out)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['dataset']}  {summary['method']}  n={summary['n']}  strict {summary['strict']:.2f}%  "
+              f"flexible {summary['flexible']:.2f}%  TPF {summary['tpf']:.2f}  {summary['tokens_per_s']:.1f} tokens/s  "
+              f"(NFE {summary['nfe']}, {summary['wall_s']:.2f} s)")
+    return 0
