@@ -91,7 +91,7 @@ class DecodingEngine:
             write_range = None if uniform else (plan.start, plan.end)
             logits = self.model(canvas.tokens(s, e), attention_mask=canvas.attention_mask, cache=cache, start=s,
                                 append=0, write_range=write_range).logits
-            cache.set_lengths(plan.cache_length)
+            cache.lengths = plan.cache_length  # planned by the method, within [0, canvas length]
             offset = s
         if self._sync:
             torch.cuda.synchronize(canvas.device)
