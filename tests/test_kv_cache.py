@@ -211,3 +211,15 @@ def test_cache_misuse_errors(tiny_model):
         cache.set_lengths(torch.tensor([4, 6]))
         with pytest.raises(ValueError, match="different lengths"):
             model(ids[:, 4:], cache=cache)
+
+
+def test_training_after_inference_mode_decoding(tiny_model):
+    """Tables built while decoding under inference_mode must not break a later backward pass."""
+    model = tiny_model
+    ids = torch.randint(0, 120, (2, 12))
+    with torch.inference_mode():
+        model(ids)
+    model.train()
+    loss = model(ids).logits.float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -223,8 +223,10 @@ class DiffusionLM(nn.Module):
         table = self._rope_tables.get(device)
         if table is None or table[0].shape[0] < bound:
             size = max(bound, min(self.config.max_length, 4096))
-            cos, sin = rotary_cos_sin(torch.arange(size, device=device)[None, :], self.config.head_dim,
-                                      self.config.rope_theta)
+            # a plain tensor even when first built under inference_mode, so training can use it later
+            with torch.inference_mode(False), torch.no_grad():
+                cos, sin = rotary_cos_sin(torch.arange(size, device=device)[None, :], self.config.head_dim,
+                                          self.config.rope_theta)
             table = (cos[0, 0], sin[0, 0])
             self._rope_tables[device] = table
         return table[0][positions][:, None], table[1][positions][:, None]
