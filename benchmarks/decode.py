@@ -52,19 +52,22 @@ def load(args):
         return model, "random llada-small"
 
 
-def make_prompts(model, source: str, n: int, length: int, seed: int) -> list[list[int]]:
-    """Task prompts when the model folder has a tokenizer and the built-in task is available, else random ids."""
-    try:
+def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[list[list[int]], str]:
+    """Chat-templated prompts of the built-in task's test split when the model folder has a tokenizer, else random
+    ids of ``length``. Returns the prompts and a description of where they came from."""
+    from pathlib import Path
+
+    if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file():
         from d3llm.tasks.data import ArithDataset
         from d3llm.training.collate import prompt_text
 
         tokenizer = d3llm.load_tokenizer(source)
         data = ArithDataset("test", size=n, seed=seed)
-        return [tokenizer.encode(prompt_text(tokenizer, ex.question), add_special_tokens=False) for ex in data]
-    except Exception:  # noqa: BLE001 - any missing piece falls back to random prompts
-        g = torch.Generator().manual_seed(seed)
-        hi = min(model.config.vocab_size, model.config.mask_token_id or model.config.vocab_size) - 1
-        return [torch.randint(0, hi, (length,), generator=g).tolist() for _ in range(n)]
+        prompts = [tokenizer.encode(prompt_text(tokenizer, ex.question), add_special_tokens=False) for ex in data]
+        return prompts, f"arith:test[:{n}] with the chat template"
+    g = torch.Generator().manual_seed(seed)
+    hi = min(model.config.vocab_size, model.config.mask_token_id or model.config.vocab_size) - 1
+    return [torch.randint(0, hi, (length,), generator=g).tolist() for _ in range(n)], f"{n} random prompts of {length}"
 
 
 def measure(model, prompts, method, params, batch: int, repeats: int) -> dict:
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, source = load(args)
-    prompts = make_prompts(model, source, args.prompts, args.prompt_len, seed=0)
+    prompts, prompt_source = make_prompts(model, source, args.prompts, args.prompt_len, seed=0)
+    print(f"model: {source} ({model.config.describe()}); prompts: {prompt_source}; threads {torch.get_num_threads()}")
     table = settings(args.gen, args.block, args.threshold, args.confidence)
     names = args.methods.split(";") if args.methods else list(table)
     rows = []
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
             print(f"{name:28s} batch {batch:2d}  NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
                   f"{row['tokens_per_s']:8.1f} tok/s  wall {row['wall_s']:7.3f}s  model {row['model_s']:7.3f}s  "
                   f"loop {100 * row['loop_share']:5.1f}%", flush=True)
-    record = {"model_source": source, "argv": sys.argv[1:], "environment": environment(model),
+    record = {"model_source": source, "prompts": prompt_source, "argv": sys.argv[1:], "environment": environment(model),
               "settings": {k: table[k] for k in names}, "results": rows,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = Path(args.out)
