@@ -24,9 +24,12 @@ INF = float("inf")
 # -- scoring (device) ---------------------------------------------------------------------------------------------
 
 def entropy_and_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy ``[n, K]`` (float64, nats) and the float64 probabilities ``[n, K, V]`` it was computed from."""
-    p = F.softmax(logits.to(torch.float64), dim=-1)
-    return -torch.sum(p * torch.log(p + 1e-12), dim=-1), p
+    """Entropy ``[n, K]`` (float64, nats) and the float64 probabilities ``[n, K, V]`` it was computed from.
+
+    The operations of ``-sum(p * log(p + 1e-12))`` in the same order (bit-identical), with fewer temporaries."""
+    p = F.softmax(logits, dim=-1, dtype=torch.float64)
+    terms = (p + 1e-12).log_().mul_(p)
+    return terms.sum(dim=-1).neg_(), p
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
