@@ -28,8 +28,8 @@ happens and the appended blocks come from its full forward (so ``refresh_interva
 decoder). ``reference_exact=True`` restores the reference's order.
 
 Block state is kept per row in numpy arrays ``[rows, blocks + 1]`` (index 0 = prompt), updated with vectorised
-operations that reproduce the reference's sequential rules; the canvas statistics the rules need (masks per
-block, first EOS) come back from the device in one transfer per iteration.
+operations that reproduce the reference's sequential rules, next to the host canvas they read (masks per block,
+first EOS). Only the candidates' scores come from the device.
 
 Dream runs the same pipeline with its own commit rule and, with a cache, forwards from one position before the
 cached prefix so that the first uncached position is scored by its left neighbour's output (the clean variant of
@@ -325,37 +325,35 @@ class MultiBlock(DecodingMethod):
             tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
         else:
             tokens = rules.gumbel_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
-        forced_tokens = None
-        if self.family != "dream" and p.temperature > 0 and st.has_f.any():  # LLaDA forces the argmax token
-            forced_tokens = rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id)
-            h, tokens, forced_tokens = rules.to_host(h, tokens, forced_tokens)
-        else:
-            h, tokens = rules.to_host(h, tokens)
+        guaranteed = bool(st.has_f.any())
+        extra = []
+        if guaranteed and p.remasking != "low_confidence":  # the guarantee ranks by true entropy even then
+            extra.append(rules.entropy(scores_at))
+        if guaranteed and self.family != "dream" and p.temperature > 0:  # LLaDA forces the argmax token
+            extra.append(rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id))
+        h, tokens, *extra = rules.to_host(h, tokens, *extra)
 
         if self.family == "dream":
             transfer = rules.commit_entropy_dream(h, valid, p.threshold)
         else:
             transfer = rules.commit_entropy_llada(h, valid, p.threshold)
-        if st.has_f.any():
+        if guaranteed:
             in_f = valid & (pos >= st.f_start[:, None]) & (pos < st.f_end[:, None]) & st.has_f[:, None]
-            self._guarantee(transfer, tokens, h, in_f, forced_tokens)
+            block_h = extra.pop(0) if p.remasking != "low_confidence" else h
+            self._guarantee(transfer, tokens, block_h, in_f, extra[0] if extra else None)
         return Commit(transfer, tokens, positions=pos)
 
     @staticmethod
     def _guarantee(transfer: np.ndarray, tokens: np.ndarray, h: np.ndarray, block: np.ndarray,
                    forced_tokens: np.ndarray | None) -> None:
-        """The first fully activated block with masks commits at least its lowest-entropy mask (in place;
-        ``block`` marks that block's candidates). LLaDA gives a forced position the argmax token
-        (``forced_tokens``; at temperature 0 the chosen token already is).
-
-        Adding that mask unconditionally is the same rule: when the block already got a token, its lowest-entropy
-        mask is among the committed ones (it is under the threshold, or it is the global lowest).
-        """
-        hit = (transfer & block).any(axis=1, keepdims=True)
-        before = transfer.copy()
-        rules.add_best(transfer, h, block, lowest=True)
-        if forced_tokens is not None:
-            forced = transfer & ~before & ~hit
+        """The first fully activated block with masks, if the rule committed none of its positions, commits its
+        lowest-entropy mask (in place; ``block`` marks that block's candidates). LLaDA gives the forced position
+        the argmax token (``forced_tokens``; at temperature 0 the chosen token already is)."""
+        untouched = block & ~(transfer & block).any(axis=1, keepdims=True)
+        before = transfer.copy() if forced_tokens is not None else None
+        rules.add_best(transfer, h, untouched, lowest=True)
+        if before is not None:
+            forced = transfer & ~before
             tokens[forced] = forced_tokens[forced]
 
     # -- bookkeeping -------------------------------------------------------------------------------------------------
