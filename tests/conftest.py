@@ -1,5 +1,13 @@
+import os
+
+# Tiny models run fastest on one thread, and one thread per process keeps the suite (which also starts torchrun
+# workers) from oversubscribing small CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import d3llm
 
