@@ -23,18 +23,13 @@ INF = float("inf")
 
 # -- scoring (device) ---------------------------------------------------------------------------------------------
 
-def entropy_and_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy ``[n, K]`` (float64, nats) and the float64 probabilities ``[n, K, V]`` it was computed from.
-
-    The operations of ``-sum(p * log(p + 1e-12))`` in the same order (bit-identical), with fewer temporaries."""
-    p = F.softmax(logits, dim=-1, dtype=torch.float64)
-    terms = (p + 1e-12).log_().mul_(p)
-    return terms.sum(dim=-1).neg_(), p
-
-
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy ``[n, K]`` (float64, nats) of logits ``[n, K, V]``."""
-    return entropy_and_probs(logits)[0]
+    """Predictive entropy ``[n, K]`` (float64, nats) of logits ``[n, K, V]``.
+
+    The operations of ``-sum(p * log(p + 1e-12))`` on ``p = softmax(float64(logits))`` in the same order
+    (bit-identical to the reference), with fewer temporaries."""
+    p = F.softmax(logits, dim=-1, dtype=torch.float64)
+    return (p + 1e-12).log_().mul_(p).sum(dim=-1).neg_()
 
 
 def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -43,15 +38,14 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def argmax_excluding(probs: torch.Tensor, exclude: int | None) -> torch.Tensor:
-    """Greedy tokens from float64 probabilities, never ``exclude``, modifying ``probs`` in place.
+def argmax_excluding_(logits: torch.Tensor, exclude: int | None) -> torch.Tensor:
+    """Greedy tokens ``[n, K]`` that are never ``exclude``, overwriting that column of ``logits`` in place.
 
-    The same tokens as the argmax of the logits: softmax in float64 keeps every strict order of float32 or
-    bfloat16 logits, and ties stay ties (the first index wins in both).
-    """
+    The tokens of the reference's argmax over ``softmax(float64(logits))``: float64 softmax keeps every strict order
+    of float32 or bfloat16 logits, and ties stay ties (the first index wins in both)."""
     if exclude is not None:
-        probs[..., exclude] = -1.0
-    return probs.argmax(dim=-1)
+        logits[..., exclude] = -INF
+    return logits.argmax(dim=-1)
 
 
 def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,

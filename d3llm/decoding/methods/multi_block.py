@@ -307,20 +307,27 @@ class MultiBlock(DecodingMethod):
         p = self.params
         n, device, width = canvas.size, canvas.device, logits.shape[1]
         w0, w1, cand = self.window_candidates(canvas, st.lo, st.a, st.snapshot)
-        counts = cand.sum(axis=1)
-        k = max(int(counts.max()), 1)
-        valid = np.arange(k)[None, :] < counts[:, None]
-        pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
+        if n == 1:  # batch 1: no padding between rows
+            pos = np.flatnonzero(cand[0])[None, :] + w0
+            if pos.size == 0:
+                pos = st.spare[:, None]
+            k = pos.shape[1]
+            valid = np.full((1, k), cand.any())
+        else:
+            counts = cand.sum(axis=1)
+            k = max(int(counts.max()), 1)
+            valid = np.arange(k)[None, :] < counts[:, None]
+            pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
         flat = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
         scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat.reshape(-1)).to(device))
         scores_at = scores_at.view(n, k, -1)
 
         if p.remasking == "low_confidence":
-            h, probs = rules.entropy_and_probs(scores_at)
+            h = rules.entropy(scores_at)
         else:
-            h, probs = rules.random_scores((n, k), device, self.generator), None
-        if p.temperature == 0 and probs is not None:
-            tokens = rules.argmax_excluding(probs, self.mask_id)
+            h = rules.random_scores((n, k), device, self.generator)
+        if p.temperature == 0 and p.remasking == "low_confidence":  # nothing reads scores_at after this
+            tokens = rules.argmax_excluding_(scores_at, self.mask_id)
         elif self.family == "dream":
             tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
         else:
