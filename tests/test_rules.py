@@ -30,7 +30,10 @@ def test_argmax_excluding_matches_logit_argmax():
     probs = F.softmax(logits.to(torch.float64), dim=-1)
     probs[..., 7] = -1.0
     assert torch.equal(probs.argmax(-1), masked.argmax(-1))  # float64 softmax keeps the logits' order
-    assert torch.equal(rules.argmax_excluding_(logits.clone(), 7), masked.argmax(-1))
+    before = logits.clone()
+    assert torch.equal(rules.argmax_excluding(logits, 7), masked.argmax(-1))
+    assert torch.equal(logits, before)  # untouched unless inplace
+    assert torch.equal(rules.argmax_excluding(logits.clone(), 7, inplace=True), masked.argmax(-1))
     assert torch.equal(rules.gumbel_sample(logits, 0.0, None, exclude=7), masked.argmax(-1))
 
 

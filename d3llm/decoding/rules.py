@@ -38,14 +38,20 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.gather(p, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def argmax_excluding_(logits: torch.Tensor, exclude: int | None) -> torch.Tensor:
-    """Greedy tokens ``[n, K]`` that are never ``exclude``, overwriting that column of ``logits`` in place.
+def argmax_excluding(logits: torch.Tensor, exclude: int | None, inplace: bool = False) -> torch.Tensor:
+    """Greedy tokens ``[n, K]`` of logits ``[n, K, V]`` that are never ``exclude``.
 
     The tokens of the reference's argmax over ``softmax(float64(logits))``: float64 softmax keeps every strict order
-    of float32 or bfloat16 logits, and ties stay ties (the first index wins in both)."""
-    if exclude is not None:
+    of float32 or bfloat16 logits, and ties stay ties (the first index wins in both). ``inplace=True`` overwrites the
+    excluded column of ``logits`` (cheaper, for callers that no longer need them); otherwise ``logits`` is untouched.
+    """
+    if exclude is None:
+        return logits.argmax(dim=-1)
+    if inplace:
         logits[..., exclude] = -INF
-    return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1)
+    top2 = logits.topk(2, dim=-1).indices
+    return torch.where(top2[..., 0] == exclude, top2[..., 1], top2[..., 0])
 
 
 def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
@@ -57,10 +63,7 @@ def gumbel_sample(logits: torch.Tensor, temperature: float, generator: torch.Gen
     it changes nothing else.
     """
     if temperature == 0:
-        if exclude is None:
-            return logits.argmax(dim=-1)
-        top2 = logits.topk(2, dim=-1).indices
-        return torch.where(top2[..., 0] == exclude, top2[..., 1], top2[..., 0])
+        return argmax_excluding(logits, exclude)
     l64 = logits.to(torch.float64)
     noise = torch.rand(l64.shape, dtype=torch.float64, device=l64.device, generator=generator)
     scores = l64.exp() / (-torch.log(noise)) ** temperature

@@ -327,7 +327,7 @@ class MultiBlock(DecodingMethod):
         else:
             h = rules.random_scores((n, k), device, self.generator)
         if p.temperature == 0 and p.remasking == "low_confidence":  # nothing reads scores_at after this
-            tokens = rules.argmax_excluding_(scores_at, self.mask_id)
+            tokens = rules.argmax_excluding(scores_at, self.mask_id, inplace=True)
         elif self.family == "dream":
             tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
         else:
@@ -337,7 +337,7 @@ class MultiBlock(DecodingMethod):
         if guaranteed and p.remasking != "low_confidence":  # the guarantee ranks by true entropy even then
             extra.append(rules.entropy(scores_at))
         if guaranteed and self.family != "dream" and p.temperature > 0:  # LLaDA forces the argmax token
-            extra.append(rules.gumbel_sample(scores_at, 0.0, None, exclude=self.mask_id))
+            extra.append(rules.argmax_excluding(scores_at, self.mask_id))
         h, tokens, *extra = rules.to_host(h, tokens, *extra)
 
         if self.family == "dream":
