@@ -34,7 +34,8 @@ def tok(tok_dir):
 
 def tiny_args(out, *extra):
     return ["train", "--out", str(out), "--model", "llada-tiny", "--batch-size", "8", "--warmup-steps", "2",
-            "--lr", "3e-3", "--eval-size", "8", "--log-every", "1", "--threads", "1", "--no-progress", *extra]
+            "--lr", "3e-3", "--eval-size", "8", "--log-every", "1", "--threads", "1", "--no-progress",
+            "--response-length", "64", *extra]
 
 
 def test_collate_layout(tok):

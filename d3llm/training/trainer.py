@@ -49,9 +49,9 @@ class TrainConfig:
     model: str = "llada-small"
     set: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
-    steps: int = 4000
+    steps: int = 5000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 200
     weight_decay: float = 0.0
@@ -59,7 +59,7 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0
     eps: float = 1e-3
-    response_length: int = 64
+    response_length: int = 48
     train_size: int | None = None
     seed: int = 0
     data_seed: int = 0
