@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import time
 from collections.abc import Callable
@@ -98,5 +97,5 @@ def generate(
         wall_time=time.perf_counter() - t0,
         model_time=engine.model_time,
         method=method,
-        params=dataclasses.asdict(resolved),
+        params=dict(vars(resolved)),  # the flat dataclass of scalars: a shallow copy (asdict deep-copies)
     )

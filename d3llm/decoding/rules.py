@@ -149,11 +149,10 @@ def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
 # -- commit rules (host) ------------------------------------------------------------------------------------------
 
 def add_best(transfer: np.ndarray, scores: np.ndarray, candidates: np.ndarray, lowest: bool) -> np.ndarray:
-    """Add to ``transfer`` (in place) the best-scoring candidate of each row that has one."""
+    """Add to ``transfer`` (in place) the best-scoring candidate of each row that has one (the first on ties)."""
     masked = np.where(candidates, scores, INF if lowest else -INF)
-    best = masked.argmin(axis=1) if lowest else masked.argmax(axis=1)
-    rows = np.arange(transfer.shape[0])
-    transfer[rows, best] |= candidates[rows, best]
+    best = masked.argmin(axis=1, keepdims=True) if lowest else masked.argmax(axis=1, keepdims=True)
+    transfer |= candidates & (np.arange(transfer.shape[1]) == best)  # elementwise: cheaper than fancy indexing
     return transfer
 
 

@@ -84,7 +84,7 @@ class MultiBlockParams(Params):
 class MultiBlockState(MethodState):
     row_fields = ("created", "masks", "full", "done_at", "cached", "next_block", "cache_len", "has_kv", "nfe",
                   "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "snapshot", "spare",
-                  "lo", "a", "f_start", "f_end", "has_f")
+                  "lo", "a", "f_start", "f_end", "has_f", "pos", "valid", "in_f")
     created: np.ndarray  # [n, K] block exists (K = blocks + 1, index 0 = prompt)
     masks: np.ndarray  # [n, K] masks left (bookkeeping)
     full: np.ndarray  # [n, K] fully activated
@@ -111,6 +111,9 @@ class MultiBlockState(MethodState):
     f_start: np.ndarray | None = None
     f_end: np.ndarray | None = None
     has_f: np.ndarray | None = None
+    pos: np.ndarray | None = None  # [n, K] canvas column of each candidate (padding entries: a spare column)
+    valid: np.ndarray | None = None  # [n, K] the entry is a real candidate
+    in_f: np.ndarray | None = None  # [n, K] the candidate lies in the row's guaranteed block (None: no row has one)
 
 
 class MultiBlock(DecodingMethod):
@@ -219,8 +222,27 @@ class MultiBlock(DecodingMethod):
         st.has_f = fa.any(axis=1)
         f = fa.argmax(axis=1)
         st.f_start, st.f_end = st.start[f], st.end[f]
+        self._gather_candidates(canvas, st)
         plan.run = active
         return plan
+
+    def _gather_candidates(self, canvas: Canvas, st: MultiBlockState) -> None:
+        """This iteration's candidates, listed before the forward: the masked positions (as of the iteration's
+        start, before early stop) in ``[lo, a)`` of each row, in canvas order (``st.pos`` ``[n, K]``, padded with
+        a spare prompt column where ``st.valid`` is False), and which of them lie in the guaranteed block."""
+        w0, _, cand = self.window_candidates(canvas, st.lo, st.a, st.snapshot)
+        if canvas.size == 1:  # no padding between rows
+            pos = cand[0].nonzero()[0][None, :] + w0
+            st.valid = np.ones(pos.shape, dtype=bool) if pos.size else np.zeros((1, 1), dtype=bool)
+            st.pos = pos if pos.size else st.spare[:, None]
+        else:
+            counts = cand.sum(axis=1)
+            k = max(int(counts.max()), 1)
+            st.valid = np.arange(k)[None, :] < counts[:, None]
+            st.pos = np.where(st.valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
+        st.in_f = None
+        if st.has_f.any():
+            st.in_f = st.valid & (st.pos >= st.f_start[:, None]) & (st.pos < st.f_end[:, None]) & st.has_f[:, None]
 
     def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, ids: np.ndarray) -> None:
         """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest."""
@@ -302,24 +324,16 @@ class MultiBlock(DecodingMethod):
     # -- commit ----------------------------------------------------------------------------------------------------
     def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, offset: int,
                plan: StepPlan) -> Commit:
-        """Scores are computed at the candidates only: the masked positions (as of the iteration's start, before
-        early stop) in ``[lo, a)`` of each row, gathered in canvas order (``[n, K]``, padded)."""
+        """Scores are computed at the candidates :meth:`_gather_candidates` listed (``[n, K]``, padded)."""
         p = self.params
         n, device, width = canvas.size, canvas.device, logits.shape[1]
-        w0, w1, cand = self.window_candidates(canvas, st.lo, st.a, st.snapshot)
-        if n == 1:  # batch 1: no padding between rows
-            pos = np.flatnonzero(cand[0])[None, :] + w0
-            if pos.size == 0:
-                pos = st.spare[:, None]
-            k = pos.shape[1]
-            valid = np.full((1, k), cand.any())
-        else:
-            counts = cand.sum(axis=1)
-            k = max(int(counts.max()), 1)
-            valid = np.arange(k)[None, :] < counts[:, None]
-            pos = np.where(valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
-        flat = np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width
-        scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat.reshape(-1)).to(device))
+        pos, valid = st.pos, st.valid
+        k = pos.shape[1]
+        if n == 1 and valid[0, 0]:  # every entry is a candidate inside the forwarded slice
+            flat = pos[0] - offset
+        else:  # padding entries point at a spare column, possibly outside the slice: any in-range row works
+            flat = (np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width).reshape(-1)
+        scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat).to(device))
         scores_at = scores_at.view(n, k, -1)
 
         if p.remasking == "low_confidence":
@@ -332,7 +346,7 @@ class MultiBlock(DecodingMethod):
             tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
         else:
             tokens = rules.gumbel_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
-        guaranteed = bool(st.has_f.any())
+        guaranteed = st.in_f is not None
         extra = []
         if guaranteed and p.remasking != "low_confidence":  # the guarantee ranks by true entropy even then
             extra.append(rules.entropy(scores_at))
@@ -345,9 +359,8 @@ class MultiBlock(DecodingMethod):
         else:
             transfer = rules.commit_entropy_llada(h, valid, p.threshold)
         if guaranteed:
-            in_f = valid & (pos >= st.f_start[:, None]) & (pos < st.f_end[:, None]) & st.has_f[:, None]
             block_h = extra.pop(0) if p.remasking != "low_confidence" else h
-            self._guarantee(transfer, tokens, block_h, in_f, extra[0] if extra else None)
+            self._guarantee(transfer, tokens, block_h, st.in_f, extra[0] if extra else None)
         return Commit(transfer, tokens, positions=pos)
 
     @staticmethod
@@ -380,14 +393,13 @@ class MultiBlock(DecodingMethod):
         if self.early_stop:
             is_eos = gen == self.eos_id
             has_eos = is_eos.any(axis=1)
-            st.eos_pos = np.full(n, -1, dtype=np.int64)
+            e = is_eos.argmax(axis=1)
+            st.eos_pos = np.where(has_eos, e + canvas.gen_start, -1)
             if has_eos.any():
-                e = is_eos.argmax(axis=1)
                 cum = np.cumsum(is_mask, axis=1)
                 rows = np.arange(n)
                 upto = cum[rows, e]
                 block_first = (e // b) * b
                 before_block = np.where(block_first > 0, cum[rows, np.maximum(block_first - 1, 0)], 0)
-                st.eos_pos = np.where(has_eos, e + canvas.gen_start, -1)
                 st.eos_block_masks = upto - before_block
                 st.masks_before_eos = upto
