@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 import d3llm
 from d3llm.eval.environment import environment
+from d3llm.models.checkpoint import atomic_write_text
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
 
@@ -59,11 +59,11 @@ def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[li
 
     if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file():
         from d3llm.tasks.data import ArithDataset
-        from d3llm.training.collate import prompt_text
+        from d3llm.training.collate import encode_prompt
 
         tokenizer = d3llm.load_tokenizer(source)
         data = ArithDataset("test", size=n, seed=seed)
-        prompts = [tokenizer.encode(prompt_text(tokenizer, ex.question), add_special_tokens=False) for ex in data]
+        prompts = [encode_prompt(tokenizer, ex.question) for ex in data]
         return prompts, f"arith:test[:{n}] with the chat template"
     g = torch.Generator().manual_seed(seed)
     hi = min(model.config.vocab_size, model.config.mask_token_id or model.config.vocab_size) - 1
@@ -128,9 +128,7 @@ def main(argv=None) -> int:
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(record, indent=2))
     print(f"wrote {out}")
     return 0
 

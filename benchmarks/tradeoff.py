@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ import torch
 import d3llm
 from d3llm.eval.environment import environment
 from d3llm.eval.runner import evaluate
+from d3llm.models.checkpoint import atomic_write_text
 from d3llm.tasks.data import load_dataset
 
-MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import MB  # noqa: E402  (the multi_block settings of the speed benchmark)
 CONFIDENCES = (0.95, 0.9, 0.7, 0.5, 0.3, 0.1)
 ENTROPIES = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"model": args.model, "task": args.task, "limit": args.limit, "gen": args.gen, "block": args.block,
                "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
                "elapsed_s": round(time.perf_counter() - t0, 1), "points": rows, "environment": environment(model)}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(payload, indent=2))
     print(f"wrote {out}")
     try:
         import matplotlib

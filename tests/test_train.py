@@ -15,7 +15,7 @@ from d3llm.cli.main import main
 from d3llm.tasks import arith
 from d3llm.tasks.data import ListDataset, write_jsonl
 from d3llm.tasks.tokenizer import build_tokenizer
-from d3llm.training.collate import Encoder
+from d3llm.training.collate import Encoder, encode_prompt
 from d3llm.training.loss import add_noise, draw_noise, masked_diffusion_loss
 from d3llm.training.trainer import DataStream, TrainConfig, lr_at, train
 
@@ -55,6 +55,15 @@ def test_collate_layout(tok):
     assert batch.input_ids[0, pad:width].tolist() == short.prompt
     assert batch.input_ids[:, width:].tolist() == [short.response, long.response]
     assert batch.num_tokens() == len(short.prompt) + len(long.prompt) + 32
+
+
+def test_encode_prompt_is_the_chat_templated_prompt_training_sees(tok):
+    question = "Tom has 3 pens."
+    ids = encode_prompt(tok, question)
+    assert ids == Encoder(tok, response_length=16).encode(question, "#### 3").prompt
+    assert tok.convert_ids_to_tokens(ids[:2]) == ["<|startoftext|>", "<|start_header_id|>"]
+    assert tok.decode(ids) == tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                      add_generation_prompt=True)
 
 
 def test_encoder_rejects_long_answers(tok):

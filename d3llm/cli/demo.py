@@ -34,15 +34,14 @@ def teacher_demo(n: int) -> int:
     from d3llm.assets import default_model_path
     from d3llm.tasks import load_dataset
     from d3llm.tasks.scoring import is_correct
-    from d3llm.training.collate import prompt_text
+    from d3llm.training.collate import encode_prompt
 
     folder = default_model_path()
     model = d3llm.load_model(folder)
     tokenizer = d3llm.load_tokenizer(folder)
     print(f"the shipped teacher: {model.config.describe()} ({model.num_parameters():,} parameters), {folder}")
     test = load_dataset("arith:test", size=n)
-    prompts = [tokenizer.encode(prompt_text(tokenizer, test[i].question), add_special_tokens=False)
-               for i in range(n)]
+    prompts = [encode_prompt(tokenizer, test[i].question) for i in range(n)]
     settings = [
         ("vanilla, one token per forward", "vanilla", dict(steps=48, max_new_tokens=48, block_size=16)),
         ("d3LLM multi-block, entropy <= 0.5, KV cache", "multi_block",

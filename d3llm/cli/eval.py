@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from d3llm.cli.options import add_decoder_flags, add_model_flags, decoder_params, model_folder
@@ -33,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import d3llm
     from d3llm.errors import ConfigError
     from d3llm.eval.runner import evaluate
+    from d3llm.models.checkpoint import atomic_write_text
     from d3llm.tasks.data import load_dataset
 
     if args.limit is not None and args.limit <= 0:
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(result.to_dict(), indent=2))
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))

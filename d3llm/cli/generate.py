@@ -25,17 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def encode_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
     """Token ids of each prompt (chat template applied with the generation prompt when ``chat``)."""
-    out = []
-    for text in prompts:
-        if chat:
-            if not getattr(tokenizer, "chat_template", None):
-                from d3llm.errors import GenerationError
+    if not chat:
+        return [tokenizer.encode(text, add_special_tokens=False) for text in prompts]
+    if not getattr(tokenizer, "chat_template", None):
+        from d3llm.errors import GenerationError
 
-                raise GenerationError("--chat: this model's tokenizer has no chat template")
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                 add_generation_prompt=True)
-        out.append(tokenizer.encode(text, add_special_tokens=False))
-    return out
+        raise GenerationError("--chat: this model's tokenizer has no chat template")
+    from d3llm.training.collate import encode_prompt
+
+    return [encode_prompt(tokenizer, text) for text in prompts]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import d3llm
 from d3llm.eval.environment import environment
 from d3llm.tasks.scoring import extract_answer, is_correct, score
-from d3llm.training.collate import prompt_text
+from d3llm.training.collate import encode_prompt
 
 
 @dataclass
@@ -82,7 +82,7 @@ def evaluate(model, tokenizer, dataset, method: str, params: dict, *, batch_size
     if n <= 0:
         raise ValueError(f"nothing to evaluate: the dataset has {len(dataset)} examples and limit is {limit}")
     examples = [dataset[i] for i in range(n)]
-    prompts = [tokenizer.encode(prompt_text(tokenizer, ex.question), add_special_tokens=False) for ex in examples]
+    prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
     eos = model.eos_token_id if params.get("eos_token_id") is None else params["eos_token_id"]
 
     d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # warm-up, not timed

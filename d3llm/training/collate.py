@@ -56,6 +56,12 @@ def prompt_text(tokenizer, question: str) -> str:
     return question
 
 
+def encode_prompt(tokenizer, question: str) -> list[int]:
+    """Token ids of a question's prompt (:func:`prompt_text`, no extra special tokens): what training sees before
+    the response and what the decoders, the evaluation and the demo feed the model."""
+    return tokenizer.encode(prompt_text(tokenizer, question), add_special_tokens=False)
+
+
 def end_of_turn_id(tokenizer) -> int | None:
     """The id of ``<|eot_id|>`` / ``<|im_end|>`` when the tokenizer has one and it differs from EOS."""
     vocab = tokenizer.get_vocab()
@@ -81,7 +87,7 @@ class Encoder:
 
     def encode(self, question: str, answer: str, source: str = "") -> Encoded:
         tok = self.tokenizer
-        prompt = tok.encode(prompt_text(tok, question), add_special_tokens=False)
+        prompt = encode_prompt(tok, question)
         answer_ids = tok.encode(answer.strip(), add_special_tokens=False)
         body = answer_ids + ([self.eot_id] if self.eot_id is not None else [])
         if len(body) > self.response_length:
