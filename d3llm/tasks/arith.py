@@ -117,19 +117,19 @@ def _draw(rng: random.Random, split: str) -> tuple[tuple, list[str], list[str], 
             op = rng.choice(ops)
             high = MAX_VALUE - value if op == "+" else value - MIN_VALUE
             b = rng.randint(MIN_VALUE, high)
-            steps.append((op, b, value))
-            value = value + b if op == "+" else value - b
-        skeleton = (steps[0][2], *[(op, b) for op, b, _ in steps])
+            result = value + b if op == "+" else value - b
+            steps.append((op, b, value, result))
+            value = result
+        skeleton = (steps[0][2], *[(op, b) for op, b, _, _ in steps])
         if skeleton_split(skeleton) == split:
             break
     pos = rng.choice(list(NAMES))
     cos = {"Name": rng.choice(NAMES[pos]), "pos": pos, "Friend": rng.choice(FRIENDS), "item": rng.choice(ITEMS)}
     question = [Q_START.format(a=steps[0][2], **cos)]
     lines = []
-    for op, b, v in steps:
+    for op, b, v, c in steps:
         template, verbs = (Q_GAIN, GAIN) if op == "+" else (Q_LOSE, LOSE)
         question.append(template.format(verb=rng.choice(verbs), b=b, **cos))
-        c = v + b if op == "+" else v - b
         lines.append(LINE.format(opener=rng.choice(OPENERS), v=v, op=op, b=b, c=c))
     question += [Q_IDLE.format(verb=rng.choice(IDLE), **cos) for _ in range(SLOTS - n_steps)]
     question.append(Q_ASK.format(**cos))
