@@ -59,7 +59,7 @@ def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[li
 
     if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file():
         from d3llm.tasks.data import ArithDataset
-        from d3llm.training.collate import encode_prompt
+        from d3llm.models.prompts import encode_prompt
 
         tokenizer = d3llm.load_tokenizer(source)
         data = ArithDataset("test", size=n, seed=seed)

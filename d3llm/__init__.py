@@ -20,6 +20,7 @@ from d3llm.models import (
     LLaDALM,
     ModelOutput,
     build_model,
+    encode_prompt,
     load_config,
     load_model,
     load_tokenizer,
@@ -32,5 +33,5 @@ __version__ = "0.1.0"
 __all__ = [
     "KVCache", "GenerationResult", "StepEvent", "generate", "CheckpointError", "ConfigError", "D3LLMError", "GenerationError", "NAMED_CONFIGS", "DiffusionLM",
     "DreamConfig", "DreamLM", "LLaDAConfig", "LLaDALM", "ModelOutput", "build_model", "load_config", "load_model",
-    "load_tokenizer", "named_config", "save_model", "__version__",
+    "load_tokenizer", "encode_prompt", "named_config", "save_model", "__version__",
 ]

@@ -15,7 +15,8 @@ from d3llm.cli.main import main
 from d3llm.tasks import arith
 from d3llm.tasks.data import ListDataset, write_jsonl
 from d3llm.tasks.tokenizer import build_tokenizer
-from d3llm.training.collate import Encoder, encode_prompt
+from d3llm.models.prompts import encode_prompt
+from d3llm.training.collate import Encoder
 from d3llm.training.loss import add_noise, draw_noise, masked_diffusion_loss
 from d3llm.training.trainer import DataStream, TrainConfig, lr_at, train
 

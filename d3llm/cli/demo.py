@@ -34,7 +34,7 @@ def teacher_demo(n: int) -> int:
     from d3llm.assets import default_model_path
     from d3llm.tasks import load_dataset
     from d3llm.tasks.scoring import is_correct
-    from d3llm.training.collate import encode_prompt
+    from d3llm.models.prompts import encode_prompt
 
     folder = default_model_path()
     model = d3llm.load_model(folder)

@@ -31,7 +31,7 @@ def encode_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]
         from d3llm.errors import GenerationError
 
         raise GenerationError("--chat: this model's tokenizer has no chat template")
-    from d3llm.training.collate import encode_prompt
+    from d3llm.models.prompts import encode_prompt
 
     return [encode_prompt(tokenizer, text) for text in prompts]
 

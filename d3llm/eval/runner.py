@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import d3llm
 from d3llm.eval.environment import environment
 from d3llm.tasks.scoring import extract_answer, is_correct, score
-from d3llm.training.collate import encode_prompt
+from d3llm.models.prompts import encode_prompt
 
 
 @dataclass

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from d3llm.errors import ConfigError
-
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
+from d3llm.models.prompts import encode_prompt, end_of_turn_id
 
 
 @dataclass
@@ -46,29 +45,6 @@ class Batch:
 
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
-
-
-def prompt_text(tokenizer, question: str) -> str:
-    """The prompt string of a question: the tokenizer's chat template with the generation prompt, if it has one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
-    return question
-
-
-def encode_prompt(tokenizer, question: str) -> list[int]:
-    """Token ids of a question's prompt (:func:`prompt_text`, no extra special tokens): what training sees before
-    the response and what the decoders, the evaluation and the demo feed the model."""
-    return tokenizer.encode(prompt_text(tokenizer, question), add_special_tokens=False)
-
-
-def end_of_turn_id(tokenizer) -> int | None:
-    """The id of ``<|eot_id|>`` / ``<|im_end|>`` when the tokenizer has one and it differs from EOS."""
-    vocab = tokenizer.get_vocab()
-    for token in END_OF_TURN_TOKENS:
-        if token in vocab and vocab[token] != tokenizer.eos_token_id:
-            return vocab[token]
-    return None
 
 
 class Encoder:
