@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(default_model_path())
     model = d3llm.load_model(args.model)
     tokenizer = d3llm.load_tokenizer(args.model)
-    dataset = load_dataset(args.task, default_split="test")
+    dataset = load_dataset(args.task, default_split="test", scored=True)
 
     rows = []
     t0 = time.perf_counter()

@@ -29,10 +29,13 @@ PROMPT = [[1, 2, 3]]
     ("vanilla", dict(block_size=-8), r"vanilla: block_size must be an integer >= 1, got -8"),
     ("multi_block", dict(max_new_tokens=100, block_size=32),
      r"max_new_tokens=100 is not a multiple of block_size=32; multi_block decodes whole blocks \(use e.g. "
-     r"max_new_tokens=128\)"),
+     r"max_new_tokens=128, or another block_size\)"),
+    ("multi_block", dict(max_new_tokens=100),
+     r"max_new_tokens=100 is not a multiple of block_size=32 \(built-in default\)"),
     ("vanilla", dict(max_new_tokens=48, block_size=32, steps=48), r"vanilla: max_new_tokens=48 is not a multiple"),
     ("vanilla", dict(max_new_tokens=64, block_size=32, steps=63),
-     r"vanilla: steps=63 must be a multiple of the number of blocks \(max_new_tokens / block_size = 2\)"),
+     r"vanilla: steps=63 must be a multiple of the number of blocks, max_new_tokens=64 / block_size=32 = 2 "
+     r"\(e.g. steps=62, or omit steps for one token per forward\)"),
     ("vanilla", dict(max_new_tokens=64, block_size=32, steps=0), r"vanilla: steps must be an integer >= 1, got 0"),
     ("vanilla", dict(temperature=-1.0), r"vanilla: temperature=-1.0 is outside >= 0.0"),
     ("vanilla", dict(remasking="lowest"), r"vanilla: remasking='lowest' is not one of 'low_confidence', 'random'"),
@@ -44,7 +47,10 @@ PROMPT = [[1, 2, 3]]
     ("multi_block", dict(treshold=0.5), r"unknown parameter 'treshold' for method 'multi_block' \(did you mean "
                                         r"'threshold'\?\)"),
     ("vanilla", dict(cache="dual"), r"unknown parameter 'cache' for method 'vanilla'"),
-    ("vanilla", dict(gen_length=64, max_new_tokens=64), r"parameter 'max_new_tokens' given twice"),
+    ("vanilla", dict(gen_length=64, max_new_tokens=64),
+     r"parameter 'max_new_tokens' given twice for method 'vanilla': as 'gen_length' and as 'max_new_tokens'"),
+    ("multi_block", dict(block_size=16, block_length=16),
+     r"parameter 'block_size' given twice for method 'multi_block': as 'block_size' and as 'block_length'"),
 ])
 def test_bad_parameters(model, method, params, message):
     with pytest.raises(GenerationError, match=message):
@@ -57,10 +63,11 @@ def test_unknown_method(model):
         d3llm.generate(model, PROMPT, "multiblock")
 
 
-def test_prompt_plus_generation_beyond_the_maximum_length(model):
-    with pytest.raises(GenerationError, match=r"prompt length 500 \+ max_new_tokens 64 = 564 exceeds the model's "
-                                              r"maximum length 512"):
-        d3llm.generate(model, [[1] * 500], "multi_block", max_new_tokens=64, block_size=32)
+def test_prompt_plus_generation_beyond_the_maximum_length_names_the_prompt(model):
+    with pytest.raises(GenerationError, match=r"prompt 1 has 500 tokens; with max_new_tokens=64 that is 564, more "
+                                              r"than the model's maximum length 512 \(and 1 more prompt\(s\)\); "
+                                              r"shorten the prompt to at most 448 tokens"):
+        d3llm.generate(model, [[1] * 5, [1] * 500, [2] * 460], "multi_block", max_new_tokens=64, block_size=32)
 
 
 @pytest.mark.parametrize("bad,message", [

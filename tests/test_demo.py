@@ -15,7 +15,7 @@ def test_demo_solves_held_out_problems_with_the_teacher(capsys):
     assert out.count("Q: ") == 2
     # vanilla spends one forward per position (48); each answer ends with the #### line, marked right or wrong
     assert out.count("[vanilla, one token per forward] 48 forwards") == 2
-    assert out.count("[d3LLM multi-block, entropy <= 0.5, KV cache]") == 2
+    assert out.count("[d3LLM multi-block, entropy <= 0.2, KV cache delay 2]") == 2  # generation_config.json
     assert len(re.findall(r"\n    #### \d+", out)) == 4
     assert len(re.findall(r"(correct|wrong \(gold \d+\))", out)) == 4
 
@@ -32,4 +32,4 @@ def test_demo_bad_count():
     with pytest.raises(ConfigError, match="--problems must be positive"):
         from d3llm.cli.demo import run
 
-        run(type("A", (), {"problems": 0, "random": False, "family": "llada"})())
+        run(type("A", (), {"problems": 0, "random": False, "family": "llada", "threads": None})())

@@ -1,7 +1,8 @@
-"""``d3llm demo``: the shipped teacher solving held-out problems of the built-in task, decoded one token per forward
-and with d3LLM's multi-block decoder, with the figures that matter (NFE, tokens per forward, tokens/s).
+"""d3llm demo: the shipped teacher solving held-out problems of the built-in task, decoded one token per forward
+and with d3LLM's multi-block decoder (the teacher's own decoding defaults), with the figures that matter (NFE,
+tokens per forward, tokens/s).
 
-``--random`` instead tours the model code on a random tiny model: build, save in the public checkpoint layout,
+--random instead tours the model code on a random tiny model: build, save in the public checkpoint layout,
 reload, and check a KV-cached forward against a full one.
 """
 
@@ -13,11 +14,14 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the built-in demo", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from d3llm.cli.options import add_parser, add_threads_flag
+
+    p = add_parser(sub, "demo", "run the built-in demo", __doc__)
     p.add_argument("--problems", type=int, default=3, help="held-out problems to solve (default: 3)")
     p.add_argument("--random", action="store_true", help="tour the model code on a random tiny model instead")
-    p.add_argument("--family", choices=["llada", "dream"], default="llada", help="family of the --random model")
+    p.add_argument("--family", choices=["llada", "dream"], default="llada",
+                   help="family of the --random model (default: llada)")
+    add_threads_flag(p)
     p.set_defaults(func=run)
 
 
@@ -26,33 +30,34 @@ def run(args: argparse.Namespace) -> int:
         from d3llm.errors import ConfigError
 
         raise ConfigError(f"--problems must be positive, got {args.problems}")
-    return random_tour(args.family) if args.random else teacher_demo(args.problems)
+    return random_tour(args.family, args.threads) if args.random else teacher_demo(args.problems, args.threads)
 
 
-def teacher_demo(n: int) -> int:
+def teacher_demo(n: int, threads: int | None = None) -> int:
     import d3llm
     from d3llm.assets import default_model_path
+    from d3llm.cli.options import apply_threads
+    from d3llm.models.prompts import encode_prompt
     from d3llm.tasks import load_dataset
     from d3llm.tasks.scoring import is_correct
-    from d3llm.models.prompts import encode_prompt
 
     folder = default_model_path()
     model = d3llm.load_model(folder)
+    apply_threads(threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
     print(f"the shipped teacher: {model.config.describe()} ({model.num_parameters():,} parameters), {folder}")
     test = load_dataset("arith:test", size=n)
     prompts = [encode_prompt(tokenizer, test[i].question) for i in range(n)]
+    mb = model.generation_config.defaults_for("multi_block")
     settings = [
-        ("vanilla, one token per forward", "vanilla", dict(steps=48, max_new_tokens=48, block_size=16)),
-        ("d3LLM multi-block, entropy <= 0.5, KV cache", "multi_block",
-         dict(max_new_tokens=48, block_size=16, threshold=0.5, block_add_threshold=0.1,
-              decoded_token_threshold=0.95, cache_delay_iter=1, early_stop=True)),
+        ("vanilla, one token per forward", "vanilla"),
+        (f"d3LLM multi-block, entropy <= {mb['threshold']}, KV cache delay {mb['cache_delay_iter']}", "multi_block"),
     ]
-    results = [(label, d3llm.generate(model, prompts, method, **params)) for label, method, params in settings]
+    results = [(label, d3llm.generate(model, prompts, method)) for label, method in settings]
     for i in range(n):
         print(f"\nQ: {test[i].question}")
         for label, r in results:
-            text = tokenizer.decode(r.tokens[i], skip_special_tokens=True)
+            text = r.texts(tokenizer)[i]
             mark = "correct" if is_correct(text, test[i].gold) else f"wrong (gold {test[i].gold})"
             nfe = int(r.nfe[i])
             print(f"  [{label}] {nfe} forwards, {len(r.tokens[i]) / nfe:.2f} tokens/forward, {mark}")
@@ -63,12 +68,14 @@ def teacher_demo(n: int) -> int:
     return 0
 
 
-def random_tour(family: str) -> int:
+def random_tour(family: str, threads: int | None = None) -> int:
     import torch
 
     import d3llm
+    from d3llm.cli.options import apply_threads
 
     model = d3llm.build_model(f"{family}-tiny", seed=0)
+    apply_threads(threads, model)
     print(f"built a random {model.config.describe()} ({model.num_parameters():,} parameters)")
     ids = torch.randint(0, model.config.vocab_size - 2, (2, 48))
     with tempfile.TemporaryDirectory() as folder:

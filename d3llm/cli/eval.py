@@ -1,6 +1,7 @@
-"""``d3llm eval``: accuracy, TPF and tokens/s of one decoder setting on a task or a JSONL file.
+"""d3llm eval: accuracy, TPF and tokens/s of one decoder setting on a task or a JSONL file.
 
-    d3llm eval --task arith --method vanilla --steps 64 --max-new-tokens 64 --block-size 32 --limit 100
+    d3llm eval --limit 100                                   # the shipped teacher on arith, its decoding defaults
+    d3llm eval --task arith --method vanilla --limit 100     # one token per forward
     d3llm eval --model DIR --task data.jsonl --method multi_block --threshold 0.5 --json --out eval.json
 """
 
@@ -8,23 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from d3llm.cli.options import add_decoder_flags, add_model_flags, decoder_params, model_folder
+from d3llm.cli.options import (add_decoder_flags, add_model_flags, add_parser, apply_threads, decoder_params,
+                               model_folder, output_file)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a decoder setting on a task", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_flags(p)
+    p = add_parser(sub, "eval", "evaluate a decoder setting on a task", __doc__)
     p.add_argument("--task", default="arith", help="'arith' (its test split), 'arith:train', or a JSONL file with "
-                                                    "'question' and 'answer' fields")
-    add_decoder_flags(p)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+                                                    "'question' and 'answer' fields (default: arith)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--out", default=None, help="also write summary, per-request records and environment to this file")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write summary, per-request records and environment to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(p)
+    add_decoder_flags(p)
     p.set_defaults(func=run)
 
 
@@ -39,15 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
+    out = output_file(args.out)
     folder = model_folder(args)
-    dataset = load_dataset(args.task, default_split="test")
+    dataset = load_dataset(args.task, default_split="test", scored=True)
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
+    apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
     result = evaluate(model, tokenizer, dataset, args.method, decoder_params(args), batch_size=args.batch_size,
                       limit=args.limit, seed=args.seed, progress=not (args.no_progress or args.json))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         atomic_write_text(out, json.dumps(result.to_dict(), indent=2))
     summary = result.summary()
     if args.json:

@@ -1,4 +1,5 @@
-"""``d3llm info DIR``: what a model folder holds (family, sizes, special ids, weight files), without loading it."""
+"""d3llm info [DIR]: what a model folder holds (family, sizes, special ids, weight files, decoding defaults),
+without loading its weights. Without DIR: the shipped arith teacher."""
 
 from __future__ import annotations
 
@@ -6,34 +7,50 @@ import argparse
 import json
 from pathlib import Path
 
+from d3llm.cli.options import add_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="describe a model folder", description=__doc__)
-    p.add_argument("model", help="model folder (config.json + safetensors)")
+    p = add_parser(sub, "info", "describe a model folder", __doc__)
+    p.add_argument("model", nargs="?", default=None, metavar="DIR",
+                   help="model folder: config.json + safetensors (default: the shipped arith teacher)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3llm.models.checkpoint import weight_files, expected_tensors, load_config
+    from d3llm.cli.options import model_folder
+    from d3llm.models.checkpoint import expected_tensors, load_config, weight_files
+    from d3llm.models.generation_config import GenerationConfig
 
-    config = load_config(args.model)
-    fmt, files = weight_files(Path(args.model))
+    folder = model_folder(args)
+    config = load_config(folder)
+    fmt, files = weight_files(Path(folder))
     n_params = sum(_numel(s) for s in expected_tensors(config).values())
+    generation = GenerationConfig.load(folder)
     info = {
-        "family": config.family, "model_type": config.model_type, "layers": config.num_layers,
+        "folder": str(folder), "family": config.family, "model_type": config.model_type, "layers": config.num_layers,
         "hidden_size": config.hidden_size, "heads": config.num_heads, "kv_heads": config.num_kv_heads,
         "intermediate_size": config.intermediate_size, "vocab_size": config.padded_vocab_size,
         "max_length": config.max_length, "mask_token_id": config.mask_token_id, "eos_token_id": config.eos_token_id,
         "parameters": n_params, "weights_format": fmt,
         "weight_files": sorted({p.name for p in files.values()}),
+        "generation_config": generation.describe() if generation is not None else None,
     }
     if args.json:
         print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "generation_config":
+            continue
+        print(f"{key:<{width}}  {value}")
+    if generation is None:
+        print(f"{'decoding':<{width}}  no generation_config.json: every decoder uses its built-in defaults")
     else:
-        width = max(len(k) for k in info)
-        for key, value in info.items():
-            print(f"{key:<{width}}  {value}")
+        print(f"decoding defaults ({generation.source}):")
+        for key, value in generation.describe().items():
+            print(f"  {key:<{width - 2}}  {json.dumps(value)}")
     return 0
 
 

@@ -17,22 +17,30 @@ COMMANDS = ("demo", "eval", "generate", "info", "train")
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
+    from d3llm import __version__
+
     parser = argparse.ArgumentParser(prog="d3llm", description="Fast diffusion language models (LLaDA, Dream, d3LLM).")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=f"d3llm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"d3llm.cli.{name}").register(sub)
     return parser
 
 
+def _one_line_warnings(command: str | None) -> None:
+    """Show warnings as ``d3llm <command>: warning: ...`` lines instead of Python's source-line format."""
+    import warnings
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"d3llm {command}: warning: {message}\n" if command else f"d3llm: warning: {message}\n"
+
+    warnings.formatwarning = one_line  # the format only: pytest's and other recorders still see every warning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from d3llm import __version__
-
-        print(__version__)
-        return 0
+    _one_line_warnings(args.command)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

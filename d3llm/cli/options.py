@@ -1,19 +1,26 @@
-"""Command-line flags of the decoders, shared by ``d3llm generate`` and ``d3llm eval``.
+"""Command-line flags shared by the commands: the model, the decoder, threads, prompts and output files.
 
-Only flags given on the command line are passed on, so every decoder keeps its own defaults.
+Only decoder flags given on the command line are passed on, so everything else comes from the model folder's
+``generation_config.json`` and then the method's built-in defaults, exactly as for ``d3llm.generate``.
+This module imports no torch: ``d3llm --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+from pathlib import Path
 
-METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block"]
+METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block"]  # d3llm.decoding.METHODS (a test keeps them equal)
+DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
+                 "else the method's built-in defaults")
 
 # flag -> (generate() parameter, type, help)
 DECODER_FLAGS = {
     "--max-new-tokens": ("max_new_tokens", int, "tokens to generate (the reference's gen_length)"),
     "--block-size": ("block_size", int, "block size (the reference's block_length)"),
-    "--steps": ("steps", int, "forward passes of vanilla / block-sequential decoders"),
+    "--steps": ("steps", int, "forwards of the block-sequential decoders (unset: one token per forward)"),
     "--threshold": ("threshold", float, "entropy (multi_block, block_entropy) or confidence (fast_dllm) threshold"),
     "--temperature": ("temperature", float, "sampling temperature (0 = greedy)"),
     "--remasking": ("remasking", str, "low_confidence or random (LLaDA)"),
@@ -21,29 +28,69 @@ DECODER_FLAGS = {
     "--block-add-threshold": ("block_add_threshold", float, "multi_block: progress that opens the next block"),
     "--decoded-token-threshold": ("decoded_token_threshold", float,
                                   "multi_block: progress that fully activates the next block"),
-    "--cache-delay-iter": ("cache_delay_iter", int, "multi_block: delay before a finished block is cached"),
-    "--refresh-interval": ("refresh_interval", int, "multi_block: refresh the cache every N steps"),
+    "--cache-delay-iter": ("cache_delay_iter", int, "multi_block: iterations before a finished block is cached"),
+    "--refresh-interval": ("refresh_interval", int, "multi_block: refresh the cache every N iterations"),
     "--alg": ("alg", str, "Dream vanilla: origin, maskgit_plus, topk_margin or entropy"),
     "--top-p": ("top_p", float, "Dream vanilla: nucleus sampling mass"),
     "--top-k": ("top_k", int, "Dream vanilla: top-k sampling"),
 }
 
 
-def add_decoder_flags(parser: argparse.ArgumentParser, default_method: str = "multi_block") -> None:
-    parser.add_argument("--method", default=default_method, choices=METHODS)
+def plain(doc: str | None) -> str:
+    """A module docstring as help text: reStructuredText markup removed (``x`` and :func:`x` become x)."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc or "")
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand parser whose description is the module docstring in plain text."""
+    return sub.add_parser(name, help=help, description=plain(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoder", DEFAULTS_NOTE)
+    group.add_argument("--method", default=None, choices=METHODS,
+                       help="decoder (default: the model folder's method, else multi_block)")
     for flag, (_, kind, text) in DECODER_FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
-                        help="multi_block: stop at the first end-of-text")
-    parser.add_argument("--reference-exact", action="store_true", default=None,
-                        help="multi_block: reproduce the reference's cache-branch order exactly")
-    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+        group.add_argument(flag, type=kind, default=None, metavar=flag[2:].replace("-", "_").upper(), help=text)
+    group.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
+                       help="multi_block: stop at the first end-of-text")
+    group.add_argument("--reference-exact", action="store_true", default=None,
+                       help="multi_block: reproduce the reference's cache-branch order exactly")
+    group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped tiny teacher)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: as stored)")
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, metavar="DIR",
+                       help="model folder (default: the shipped arith teacher)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    group.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: as stored)")
+    add_threads_flag(group)
+
+
+def add_threads_flag(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: 1 for models under 50M parameters, which run fastest on "
+                             "one thread, else torch's default, one per core)")
+
+
+SMALL_MODEL = 50_000_000
+
+
+def apply_threads(threads: int | None, model=None) -> int:
+    """Set torch's CPU thread count from ``--threads`` (see :func:`add_threads_flag`); returns it."""
+    import torch
+
+    from d3llm.errors import ConfigError
+
+    if threads is not None and threads <= 0:
+        raise ConfigError(f"--threads must be a positive number of threads, got {threads}")
+    if threads is None and model is not None and model.num_parameters() < SMALL_MODEL:
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def decoder_params(args: argparse.Namespace) -> dict:
@@ -57,8 +104,55 @@ def decoder_params(args: argparse.Namespace) -> dict:
 
 
 def model_folder(args: argparse.Namespace) -> str:
-    if args.model:
-        return args.model
-    from d3llm.assets import default_model_path
+    """``--model``, else the shipped teacher. A name that looks like a hub id (``org/name``) and is no folder here
+    is refused with the reason: this project never downloads."""
+    if not args.model:
+        from d3llm.assets import default_model_path
 
-    return str(default_model_path())
+        return str(default_model_path())
+    return check_model_folder(args.model)
+
+
+def check_model_folder(spec: str) -> str:
+    from d3llm.errors import CheckpointError
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path)
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", spec) is not None and not spec.startswith((".", "/"))
+    if looks_like_hub_id and not path.exists():
+        raise CheckpointError(
+            f"model folder '{spec}' does not exist. It looks like a Hugging Face hub id, but d3llm never downloads: "
+            f"download the checkpoint first (e.g. `huggingface-cli download {spec} --local-dir models/"
+            f"{spec.split('/')[-1]}`) and pass that folder"
+        )
+    if not path.exists():
+        raise CheckpointError(f"model folder '{spec}' does not exist")
+    raise CheckpointError(f"'{spec}' is a file; expected a model folder holding config.json and weights")
+
+
+def read_prompts(prompts: list[str]) -> list[str]:
+    """Command-line prompts, where ``-`` stands for the whole of standard input (one prompt)."""
+    out = []
+    for text in prompts:
+        if text == "-":
+            text = sys.stdin.read()
+            if text.endswith("\n"):
+                text = text[:-1]
+        out.append(text)
+    return out
+
+
+def output_file(spec: str | None, flag: str = "--out") -> Path | None:
+    """Check an output file path before any work: not a folder, and its folder exists."""
+    if spec is None:
+        return None
+    from d3llm.errors import ConfigError
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{flag} {spec} is a folder; expected a file path such as {path / 'results.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {spec}: the folder {path.parent} does not exist; create it first or choose "
+                          f"another path")
+    return path

@@ -1,11 +1,11 @@
-"""``d3llm train``: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file.
+"""d3llm train: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file.
 
 With the defaults it trains the shipped teacher of the built-in ``arith`` task from scratch::
 
     d3llm train --out runs/arith-teacher
 
-Data-parallel: ``torchrun --nproc_per_node 2 -m d3llm.cli.main train --out ...`` (gloo on CPU, NCCL on GPU).
-``--resume`` continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order.
+Data-parallel: torchrun --nproc_per_node 2 -m d3llm.cli.main train --out ... (gloo on CPU, NCCL on GPU).
+--resume continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.training.trainer import TrainConfig
+    from d3llm.training.config import DEFAULT_WARMUP, TrainConfig
 
     d = TrainConfig(out="")
-    p = sub.add_parser("train", help="masked-diffusion fine-tuning (SFT) of a dLLM", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from d3llm.cli.options import add_parser
+
+    p = add_parser(sub, "train", "masked-diffusion fine-tuning (SFT) of a dLLM", __doc__)
     p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, the final model")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="'arith' (built-in task) or a JSONL file with question/answer "
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
                    help="cosine floor as a fraction of --lr (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up (default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help=f"linear warm-up steps (default: {DEFAULT_WARMUP}, at most a tenth of --steps)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW (default: %(default)s)")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm, 0 = off "
                                                                         "(default: %(default)s)")
@@ -83,12 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="force the progress bar on or off (default: on a terminal)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's, one per "
+                                                             "core; under torchrun, cores / processes)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3llm.training.trainer import TrainConfig, train
+    from d3llm.training.config import TrainConfig
+    from d3llm.training.trainer import train
 
     cfg = TrainConfig(
         out=args.out, data=args.data, eval_data=args.eval_data, model=args.model, set=_parse_set(args.set),

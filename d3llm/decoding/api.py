@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections.abc import Callable
 
@@ -10,7 +9,7 @@ import torch
 
 from d3llm.decoding.canvas import build_canvas, normalize_prompts
 from d3llm.decoding.engine import DecodingEngine
-from d3llm.decoding.methods import METHODS, method_class
+from d3llm.decoding.defaults import resolve_decoder, resolve_eos
 from d3llm.decoding.result import GenerationResult, StepEvent
 from d3llm.errors import GenerationError
 
@@ -18,7 +17,7 @@ from d3llm.errors import GenerationError
 def generate(
     model,
     input_ids,
-    method: str = "multi_block",
+    method: str | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
     mask_id: int | None = None,
@@ -31,28 +30,28 @@ def generate(
 
     Args:
         model: a :class:`~d3llm.models.DiffusionLM` (LLaDA or Dream).
-        input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is left-padded) or a list of token-id lists
-            of different lengths (left-padded inside).
-        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``. Family rules follow the model
-            (e.g. ``vanilla`` on Dream is Dream's timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
-        mask_id, eos_token_id: default to the model config's ``mask_token_id`` / ``eos_token_id``. The EOS id cuts
+        input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is left-padded), a list of token-id lists
+            of different lengths (left-padded inside), or what a tokenizer returns (a ``BatchEncoding`` or dict with
+            ``input_ids`` and ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
+        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``; None = the model folder's
+            ``generation_config.json`` method, else ``multi_block``. Family rules follow the model (e.g. ``vanilla``
+            on Dream is Dream's timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
+        mask_id: defaults to the model config's ``mask_token_id``.
+        eos_token_id: defaults to the folder's ``generation_config.json``, else ``config.json``. It cuts
             ``result.tokens`` and drives ``early_stop``.
         seed: seeds the sampler (temperature > 0, random remasking) so that results repeat.
         callback: called with a :class:`~d3llm.decoding.result.StepEvent` after every step (streaming, display).
-        **params: the method's parameters, with the reference's names and defaults (``steps``, ``max_new_tokens``
-            (alias ``gen_length``), ``block_size`` (alias ``block_length``), ``temperature``, ``remasking``,
-            ``threshold``, ``cache``, ``block_add_threshold``, ``decoded_token_threshold``, ``cache_delay_iter``,
-            ``refresh_interval``, ``early_stop``).
+        **params: the method's parameters, with the reference's names (``steps``, ``max_new_tokens`` (alias
+            ``gen_length``), ``block_size`` (alias ``block_length``), ``temperature``, ``remasking``, ``threshold``,
+            ``cache``, ``block_add_threshold``, ``decoded_token_threshold``, ``cache_delay_iter``,
+            ``refresh_interval``, ``early_stop``). A parameter not given takes the model folder's default
+            (``generation_config.json``), else the method's built-in default (the reference's); ``steps`` follows
+            ``max_new_tokens`` (one token per forward) unless set.
 
     Bad parameters raise :class:`~d3llm.errors.GenerationError` before any work is done.
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise GenerationError(f"unknown method {method!r}{hint}; expected one of {', '.join(METHODS)}")
-    cls = method_class(method, model.family)
-    resolved = cls.Params.from_kwargs(method, params)
+    method, cls, resolved = resolve_decoder(model, method, params)
     config = model.config
 
     mask_id = config.mask_token_id if mask_id is None else mask_id
@@ -62,16 +61,20 @@ def generate(
     for name, value in (("mask_id", mask_id), ("eos_token_id", eos_token_id)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab):
             raise GenerationError(f"{name}={value!r} is not a token id of this model's vocabulary [0, {vocab})")
-    eos_id = config.eos_token_id if eos_token_id is None else eos_token_id
+    eos_id = resolve_eos(model, eos_token_id)
     if eos_id == mask_id:
         raise GenerationError(f"eos_token_id and mask_id are both {mask_id}; they must differ")
 
     prompts = normalize_prompts(input_ids, attention_mask)
-    longest = max(len(p) for p in prompts)
-    if longest + resolved.max_new_tokens > config.max_length:
+    room = config.max_length - resolved.max_new_tokens
+    too_long = [i for i, p in enumerate(prompts) if len(p) > room]
+    if too_long:
+        i = too_long[0]
+        others = f" (and {len(too_long) - 1} more prompt(s))" if len(too_long) > 1 else ""
         raise GenerationError(
-            f"prompt length {longest} + max_new_tokens {resolved.max_new_tokens} = "
-            f"{longest + resolved.max_new_tokens} exceeds the model's maximum length {config.max_length}"
+            f"prompt {i} has {len(prompts[i])} tokens; with {resolved.show('max_new_tokens')} that is "
+            f"{len(prompts[i]) + resolved.max_new_tokens}, more than the model's maximum length {config.max_length}"
+            f"{others}; shorten the prompt to at most {max(room, 0)} tokens or lower max_new_tokens"
         )
     pad_id = next(i for i in (config.pad_token_id, eos_id, 0, 1) if i is not None and i != mask_id)
     device = model.device
@@ -97,5 +100,5 @@ def generate(
         wall_time=time.perf_counter() - t0,
         model_time=engine.model_time,
         method=method,
-        params=dict(vars(resolved)),  # the flat dataclass of scalars: a shallow copy (asdict deep-copies)
+        params=resolved.as_dict(),
     )

@@ -10,6 +10,7 @@ forward copies the slice it needs to the device (a few kilobytes; on the CPU no 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,24 @@ class Canvas:
 
 
 def normalize_prompts(input_ids, attention_mask=None) -> list[list[int]]:
-    """Accept a LongTensor ``[B, P]`` (optionally left-padded, with its mask), a 1-D tensor, a list of ids or a
-    list of id lists, and return one list of ids per row. Empty prompts are an error naming the row."""
+    """Accept a LongTensor ``[B, P]`` (optionally padded, with its mask), a 1-D tensor, a list of ids, a list of id
+    lists, or what a tokenizer returns (a ``BatchEncoding`` / mapping with ``input_ids`` and optionally
+    ``attention_mask``), and return one list of ids per row. Empty prompts are an error naming the row."""
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise GenerationError(f"input_ids is a mapping without an 'input_ids' entry (keys: {sorted(input_ids)}); "
+                                  f"pass the tokenizer's output or the ids themselves")
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+        attention_mask = torch.as_tensor(attention_mask)
+        if not isinstance(input_ids, torch.Tensor):
+            try:
+                input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+            except (ValueError, TypeError):
+                raise GenerationError("input_ids with an attention_mask must be a rectangular batch of token ids "
+                                      "(as a tokenizer pads them)") from None
     if isinstance(input_ids, torch.Tensor):
         if input_ids.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
             raise GenerationError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
@@ -80,6 +97,8 @@ def normalize_prompts(input_ids, attention_mask=None) -> list[list[int]]:
         if attention_mask is None:
             rows = ids.tolist()
         else:
+            if attention_mask.ndim == 1 and input_ids.ndim == 2:
+                attention_mask = attention_mask.unsqueeze(0)
             if attention_mask.shape != input_ids.shape:
                 raise GenerationError(
                     f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "

@@ -56,6 +56,10 @@ class GenerationResult:
         total = int(self.nfe.sum())
         return float(self.num_tokens.sum()) / total if total else 0.0
 
+    def texts(self, tokenizer, skip_special_tokens: bool = True) -> list[str]:
+        """The generated text of every row (``tokens``, cut before the first end-of-text), decoded."""
+        return [tokenizer.decode(t, skip_special_tokens=skip_special_tokens) for t in self.tokens]
+
     @property
     def tokens_per_second(self) -> float:
         return float(self.num_tokens.sum()) / self.wall_time if self.wall_time > 0 else 0.0

@@ -12,11 +12,12 @@ from d3llm.models.configs import (
 )
 from d3llm.models.dream import DreamLM
 from d3llm.models.llada import LLaDALM
+from d3llm.models.generation_config import GenerationConfig
 from d3llm.models.prompts import encode_prompt, prompt_text
 from d3llm.models.tokenizer import load_tokenizer
 
 __all__ = [
     "DiffusionLM", "ModelOutput", "build_model", "load_config", "load_model", "save_model", "NAMED_CONFIGS",
     "DreamConfig", "LLaDAConfig", "dream_config", "llada_config", "named_config", "DreamLM", "LLaDALM",
-    "load_tokenizer", "encode_prompt", "prompt_text",
+    "load_tokenizer", "encode_prompt", "prompt_text", "GenerationConfig",
 ]

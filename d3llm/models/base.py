@@ -16,6 +16,8 @@ append=None, write_range=None, causal=False) -> ModelOutput``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,19 @@ class ModelOutput:
     cache: KVCache | None = None
 
 
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build ``nn.Linear``/``nn.Embedding`` modules without initialising their weights (for weights about to be
+    loaded or set by :meth:`DiffusionLM.init_weights`). On the meta device this also avoids torch's lazy import of
+    its compiler stack, which costs about a second on first use."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
+
+
 class DiffusionLM(nn.Module):
     """Base class of the LLaDA and Dream models: forward planning, cache bookkeeping and initialisation.
 
@@ -49,6 +64,7 @@ class DiffusionLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.generation_config = None  # decoding defaults of the folder (d3llm.models.generation_config)
         self._rope_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- to implement ----------------------------------------------------------------------------------------------

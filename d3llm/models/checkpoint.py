@@ -22,20 +22,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
-from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype
+from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
 from d3llm.models.configs import DreamConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
+from d3llm.models.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from d3llm.models.llada import LLaDALM
 
 CONFIG_NAME = "config.json"
-GENERATION_CONFIG_NAME = "generation_config.json"
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 PICKLE_WEIGHTS = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", GENERATION_CONFIG_NAME,
+    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
 
 MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM}
@@ -60,7 +60,8 @@ def build_model(config: ModelConfig | str, *, seed: int | None = 0, device=None,
         config = named_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    model = MODEL_CLASSES[config.family](config)
+    with skip_init():  # init_weights sets every parameter
+        model = MODEL_CLASSES[config.family](config)
     model.init_weights(seed=seed)
     dev = resolve_device(device) if device is not None else torch.device("cpu")
     return model.to(device=dev, dtype=resolve_dtype(dtype) or torch.float32).eval()
@@ -68,7 +69,7 @@ def build_model(config: ModelConfig | str, *, seed: int | None = 0, device=None,
 
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The exact checkpoint key -> shape map a folder of this config must hold."""
-    with torch.device("meta"):
+    with torch.device("meta"), skip_init():
         model = MODEL_CLASSES[config.family](config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
@@ -254,10 +255,11 @@ def load_model(path: str | os.PathLike, device=None, dtype=None, *, strict: bool
         )
 
     target = want_dtype or stored_dtype or torch.float32
-    with torch.device("meta"):
+    with torch.device("meta"), skip_init():
         model = MODEL_CLASSES[config.family](config)
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
     model.source_dir = str(folder)
+    model.generation_config = GenerationConfig.load(folder)
     return model.eval()
 
 
@@ -276,14 +278,25 @@ def _parse_size(size: int | str) -> int:
     return int(text)
 
 
+def _creation_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(target: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``target`` (same folder, so rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``target`` (same folder, so rename is atomic).
+
+    The file gets the permissions a plain ``open()`` would give it under the user's umask (the temporary file's
+    private 0600 would otherwise survive the rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _creation_mode())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -301,6 +314,7 @@ def save_model(
     dtype=None,
     max_shard_size: int | str = "5GB",
     tokenizer: Any = None,
+    generation_config: GenerationConfig | dict | None = None,
 ) -> Path:
     """Write ``config.json`` and safetensors weights with the public key names; returns the folder.
 
@@ -309,6 +323,9 @@ def save_model(
         max_shard_size: above this total size the weights are sharded with ``model.safetensors.index.json``.
         tokenizer: a tokenizer (anything with ``save_pretrained``) or a folder whose tokenizer files are copied
             verbatim. Default: copy them from the folder the model was loaded from, if any.
+        generation_config: decoding defaults to write as ``generation_config.json`` (a
+            :class:`~d3llm.models.generation_config.GenerationConfig` or its dict). Default: the model's own
+            ``generation_config`` (read by ``load_model``), if any.
     """
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -350,7 +367,12 @@ def save_model(
         (folder / stale).unlink(missing_ok=True)
 
     _save_tokenizer(model, folder, tokenizer)
-    if isinstance(model.config, DreamConfig) and not (folder / GENERATION_CONFIG_NAME).exists():
+    generation = generation_config if generation_config is not None else getattr(model, "generation_config", None)
+    if isinstance(generation, dict):
+        generation = GenerationConfig.from_dict(generation)
+    if generation is not None:
+        generation.save(folder)
+    elif isinstance(model.config, DreamConfig) and not (folder / GENERATION_CONFIG_NAME).exists():
         gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
                "pad_token_id": model.config.pad_token_id, "mask_token_id": model.config.mask_token_id}
         atomic_write_text(folder / GENERATION_CONFIG_NAME, json.dumps(gen, indent=2) + "\n")

@@ -6,6 +6,8 @@ benchmarks share (so a model always sees at inference exactly the prompt it was 
 
 from __future__ import annotations
 
+import warnings
+
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
 
 
@@ -21,7 +23,28 @@ def prompt_text(tokenizer, question: str) -> str:
 def encode_prompt(tokenizer, question: str) -> list[int]:
     """Token ids of a question's prompt (:func:`prompt_text`, no extra special tokens): what training sees before
     the response and what the decoders, the evaluation and the demo feed the model."""
-    return tokenizer.encode(prompt_text(tokenizer, question), add_special_tokens=False)
+    return encode_text(tokenizer, prompt_text(tokenizer, question))
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """``tokenizer.encode(text)`` without special tokens; words the vocabulary lacks (closed word-level vocabularies
+    such as the built-in task's) are reported in a warning with their count instead of silently becoming the
+    unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return tokenizer.encode(text, add_special_tokens=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if unk in ids:
+        words = [text[a:b].strip() for i, (a, b) in zip(ids, enc["offset_mapping"]) if i == unk]
+        shown = ", ".join(repr(w) for w in dict.fromkeys(words).keys() if w)[:200]
+        warnings.warn(f"{len(words)} word(s) of the prompt are not in the tokenizer's vocabulary and became "
+                      f"{tokenizer.unk_token}: {shown}", UnknownWordsWarning, stacklevel=3)
+    return ids
+
+
+class UnknownWordsWarning(UserWarning):
+    """Prompt words outside a closed vocabulary (they are encoded as the unknown token)."""
 
 
 def end_of_turn_id(tokenizer) -> int | None:

@@ -89,8 +89,11 @@ class ListDataset:
         return self.items[i]
 
 
-def load_jsonl(path: str | os.PathLike) -> ListDataset:
-    """Read a JSONL file of ``{"question": str, "answer": str}`` rows; errors name the file, line and field."""
+def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
+    """Read a JSONL file of ``{"question": str, "answer": str}`` rows; errors name the file, line and field.
+
+    ``scored=True`` (evaluation) also requires every answer to hold a gold number (a ``#### N`` line or a last
+    number), so a file that cannot be scored fails here, before any decoding."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"dataset file '{file}' does not exist; expected a JSONL file with 'question' and 'answer'")
@@ -111,22 +114,28 @@ def load_jsonl(path: str | os.PathLike) -> ListDataset:
                                       f"'answer' strings (found {sorted(row)})")
                 if not isinstance(row[key], str) or not row[key].strip():
                     raise ConfigError(f"{file}:{lineno}: field '{key}' must be a non-empty string, got {row[key]!r}")
-            items.append(Example(row["question"], row["answer"], reference_answer(row["answer"]), f"{file}:{lineno}"))
+            gold = reference_answer(row["answer"])
+            if scored and gold is None:
+                raise ConfigError(f"{file}:{lineno}: field 'answer' ({row['answer'][:60]!r}) holds no number to score "
+                                  f"against; evaluation needs a '#### N' line or a final number in every answer")
+            items.append(Example(row["question"], row["answer"], gold, f"{file}:{lineno}"))
     if not items:
         raise ConfigError(f"{file} holds no rows; expected JSON objects with 'question' and 'answer', one per line")
     return ListDataset(items, str(file))
 
 
-def load_dataset(spec: str, default_split: str = "train", size: int | None = None, seed: int = 0):
+def load_dataset(spec: str, default_split: str = "train", size: int | None = None, seed: int = 0,
+                 scored: bool = False):
     """Resolve a dataset spec (``arith``, ``arith:test``, or a JSONL path). ``size`` limits a file to its first
-    ``size`` rows and sets the number of built-in problems; ``seed`` picks the built-in problems."""
+    ``size`` rows and sets the number of built-in problems; ``seed`` picks the built-in problems; ``scored``: every
+    answer must have a gold number (see :func:`load_jsonl`)."""
     if spec == "arith" or spec.startswith("arith:"):
         split = spec.split(":", 1)[1] if ":" in spec else default_split
         return ArithDataset(split, size, seed)
     if not (spec.endswith(".jsonl") or Path(spec).expanduser().is_file()):
         raise ConfigError(f"dataset {spec!r} is neither the built-in task ('arith', 'arith:train', 'arith:test') "
                           f"nor a JSONL file")
-    data = load_jsonl(spec)
+    data = load_jsonl(spec, scored=scored)
     if size is not None:
         if size <= 0:
             raise ConfigError(f"dataset size must be positive, got {size}")

@@ -16,95 +16,36 @@ measured, and, with ``eval_decode``, exact-match accuracy of decoded answers. At
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from d3llm.errors import CheckpointError, ConfigError
+from d3llm.errors import ConfigError
+from d3llm.models.generation_config import GenerationConfig
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
 from d3llm.training.collate import Encoder
+from d3llm.training.config import RESUME_KEYS, TrainConfig
 from d3llm.training.loss import draw_noise, masked_diffusion_loss
 
-# Options that fix the data order, the noise and the model: a resumed run must use the same values.
-RESUME_KEYS = ("data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps", "data_seed")
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``d3llm train`` (see ``d3llm train --help`` for each)."""
-
-    out: str
-    data: str = "arith"
-    eval_data: str | None = None
-    model: str = "llada-small"
-    set: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str | None = None
-    steps: int = 5000
-    batch_size: int = 64
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    grad_clip: float = 1.0
-    eps: float = 1e-3
-    response_length: int = 48
-    train_size: int | None = None
-    seed: int = 0
-    data_seed: int = 0
-    save_every: int = 500
-    keep: int = 2
-    eval_every: int = 500
-    eval_size: int = 200
-    eval_decode: str | None = None
-    eval_decode_size: int = 100
-    log_every: int = 50
-    resume: bool = False
-    device: str | None = None
-    threads: int | None = None
-    bf16: bool = False
-    progress: bool | None = None
-
-    def validate(self) -> None:
-        for name in ("steps", "batch_size", "response_length", "save_every", "eval_every", "log_every",
-                     "eval_size", "eval_decode_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"--min-lr-ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if not 0 < self.eps < 1:
-            raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"--grad-clip must be >= 0 (0 disables it), got {self.grad_clip}")
-        if self.threads is not None and self.threads <= 0:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = ["TrainConfig", "train", "lr_at", "DataStream", "RESUME_KEYS"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine decay
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up over ``cfg.warmup`` steps, then cosine decay
     from ``lr`` to ``min_lr_ratio * lr`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps - 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    warmup = cfg.warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    span = max(1, cfg.steps - warmup - 1)
+    progress = min(1.0, (step - warmup) / span)
     floor = cfg.min_lr_ratio
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -154,7 +95,7 @@ def _tokenizer_for(cfg: TrainConfig, info: distm.DistInfo, out: Path):
     if cfg.data.split(":")[0] == "arith":
         from d3llm.tasks.tokenizer import build_tokenizer
 
-        folder = out / "tokenizer"
+        folder = out  # the final model folder: its one copy of the tokenizer files
         if info.is_main:
             tok = build_tokenizer(folder)
         distm.barrier(info)
@@ -353,10 +294,13 @@ def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
         raise ConfigError(f"the tokenizer's eos_token_id {tokenizer.eos_token_id} differs from the model's "
                           f"eos_token_id {model.config.eos_token_id}")
     _check_lengths(cfg, encoder, dataset, model)
+    model.generation_config = GenerationConfig.for_trained_model(
+        cfg.response_length, model.config.eos_token_id, model.config.pad_token_id, base=model.generation_config)
     eval_spec = cfg.eval_data or ("arith:test" if cfg.data.split(":")[0] == "arith" else None)
     evaluator = None
     if eval_spec is not None and info.is_main:
-        evaluator = Evaluator(cfg, encoder, load_dataset(eval_spec, "test", None, cfg.data_seed), mask_id)
+        evaluator = Evaluator(cfg, encoder, load_dataset(eval_spec, "test", None, cfg.data_seed,
+                                                                 scored=cfg.eval_decode is not None), mask_id)
 
     model = model.to(info.device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]

@@ -1,6 +1,7 @@
 """Decoding methods: each supplies the step rules of one decoder; the engine runs them all."""
 
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.params import Params
 from d3llm.decoding.methods.block_sequential import BlockEntropy, FastDLLM, Vanilla
 from d3llm.decoding.methods.dream_vanilla import DreamVanilla
 from d3llm.decoding.methods.multi_block import MultiBlock

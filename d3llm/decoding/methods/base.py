@@ -16,15 +16,13 @@ everything else -- the canvas, block states, commit rules -- is small vectorised
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from d3llm.decoding.canvas import Canvas
-from d3llm.errors import GenerationError
 
 
 @dataclass
@@ -98,70 +96,6 @@ class MethodState:
             if value is not None:
                 setattr(clone, name, value[keep])
         return clone
-
-
-@dataclass
-class Params:
-    """Base of the per-method parameter dataclasses (reference names and defaults)."""
-
-    aliases: ClassVar[dict[str, str]] = {"gen_length": "max_new_tokens", "block_length": "block_size"}
-
-    @classmethod
-    def from_kwargs(cls, method: str, kwargs: dict[str, Any]):
-        names = [f.name for f in dataclasses.fields(cls)]
-        values: dict[str, Any] = {}
-        for key, value in kwargs.items():
-            target = cls.aliases.get(key, key)
-            if target not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise GenerationError(
-                    f"unknown parameter '{key}' for method '{method}'{hint}; valid parameters: {', '.join(names)}"
-                )
-            if target in values:
-                raise GenerationError(f"parameter '{target}' given twice for method '{method}' (also as '{key}')")
-            values[target] = value
-        params = cls(**values)
-        params.validate(method)
-        return params
-
-    def validate(self, method: str) -> None:  # pragma: no cover - every method overrides
-        raise NotImplementedError
-
-    # -- shared checks ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def check_int(method: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise GenerationError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
-
-    @staticmethod
-    def check_range(method: str, name: str, value: Any, lo: float, hi: float | None, what: str,
-                    allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or value != value:
-            raise GenerationError(f"{method}: {name} must be a number, got {value!r}")
-        if value < lo or (hi is not None and value > hi):
-            span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise GenerationError(f"{method}: {name}={value} is outside {span} ({what})")
-
-    @staticmethod
-    def check_choice(method: str, name: str, value: Any, choices: tuple) -> None:
-        if value not in choices:
-            raise GenerationError(f"{method}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-    def check_blocks(self, method: str) -> None:
-        """``max_new_tokens`` must be a positive multiple of ``block_size`` (whole blocks are decoded)."""
-        self.check_int(method, "max_new_tokens", self.max_new_tokens)
-        self.check_int(method, "block_size", self.block_size)
-        if self.max_new_tokens % self.block_size:
-            raise GenerationError(
-                f"{method}: max_new_tokens={self.max_new_tokens} is not a multiple of block_size={self.block_size}; "
-                f"{method} decodes whole blocks (use e.g. max_new_tokens="
-                f"{-(-self.max_new_tokens // self.block_size) * self.block_size})"
-            )
 
 
 class DecodingMethod:

@@ -38,17 +38,20 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.params import Params
 from d3llm.errors import GenerationError
 
 
 @dataclass
 class VanillaParams(Params):
-    steps: int = 128
+    steps: int | None = None  # None: follows max_new_tokens (one token per forward)
     max_new_tokens: int = 128
     block_size: int = 128
     temperature: float = 0.0
     remasking: str = "low_confidence"
+
+    derived_steps = True
 
     def validate(self, method: str) -> None:
         self.check_blocks(method)
@@ -56,8 +59,9 @@ class VanillaParams(Params):
         blocks = self.max_new_tokens // self.block_size
         if self.steps % blocks:
             raise GenerationError(
-                f"{method}: steps={self.steps} must be a multiple of the number of blocks "
-                f"(max_new_tokens / block_size = {blocks})"
+                f"{method}: {self.show('steps')} must be a multiple of the number of blocks, "
+                f"{self.show('max_new_tokens')} / {self.show('block_size')} = {blocks} (e.g. steps="
+                f"{max(blocks, self.steps - self.steps % blocks)}, or omit steps for one token per forward)"
             )
         self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
         self.check_choice(method, "remasking", self.remasking, ("low_confidence", "random"))

@@ -22,7 +22,8 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.params import Params
 from d3llm.errors import GenerationError
 
 _SCORES = {"maskgit_plus": "confidence", "topk_margin": "margin", "entropy": "neg_entropy"}
@@ -30,7 +31,7 @@ _SCORES = {"maskgit_plus": "confidence", "topk_margin": "margin", "entropy": "ne
 
 @dataclass
 class DreamVanillaParams(Params):
-    steps: int = 128
+    steps: int | None = None  # None: follows max_new_tokens
     max_new_tokens: int = 128
     block_size: int | None = None  # accepted only as the whole generation: Dream's vanilla decoder has one block
     temperature: float = 0.0
@@ -40,12 +41,15 @@ class DreamVanillaParams(Params):
     alg_temp: float | None = None
     eps: float = 1e-3
 
+    derived_steps = True
+    no_folder_default = frozenset({"block_size"})  # one block over the whole generation, whatever the folder says
+
     def validate(self, method: str) -> None:
         self.check_int(method, "steps", self.steps)
         self.check_int(method, "max_new_tokens", self.max_new_tokens)
         if self.block_size is not None and self.block_size != self.max_new_tokens:
             raise GenerationError(
-                f"{method}: block_size={self.block_size} is not supported on Dream, whose vanilla decoder treats "
+                f"{method}: {self.show('block_size')} is not supported on Dream, whose vanilla decoder treats "
                 f"the whole generation ({self.max_new_tokens} tokens) as one block; omit block_size"
             )
         self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")

@@ -45,8 +45,8 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, Params, StepPlan
-from d3llm.errors import GenerationError
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.params import Params
 
 
 @dataclass
@@ -76,8 +76,7 @@ class MultiBlockParams(Params):
         self.check_int(method, "cache_delay_iter", self.cache_delay_iter, minimum=1, allow_none=True)
         self.check_int(method, "refresh_interval", self.refresh_interval, minimum=1, allow_none=True)
         for name in ("early_stop", "reference_exact"):
-            if not isinstance(getattr(self, name), bool):
-                raise GenerationError(f"{method}: {name} must be True or False, got {getattr(self, name)!r}")
+            self.check_bool(method, name)
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Where a decoder's settings come from: the caller, then the model folder's ``generation_config.json``, then the
+method's built-in defaults (see :mod:`d3llm.decoding.params` and :mod:`d3llm.models.generation_config`).
+
+``d3llm.generate``, every CLI command, evaluation, trajectory extraction and the server resolve their decoder
+through :func:`resolve_decoder`, so a model folder decodes the same way whichever entry point drives it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from d3llm.decoding.methods import METHODS, method_class
+from d3llm.decoding.params import Params
+from d3llm.errors import GenerationError
+
+DEFAULT_METHOD = "multi_block"  # when neither the caller nor the model folder names one
+
+
+def resolve_method(model, method: str | None) -> str:
+    """The caller's method, else the folder's ``method``, else :data:`DEFAULT_METHOD`; unknown names are an error
+    with a suggestion."""
+    if method is None:
+        config = getattr(model, "generation_config", None)
+        method = (config.method if config is not None else None) or DEFAULT_METHOD
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise GenerationError(f"unknown method {method!r}{hint}; expected one of {', '.join(METHODS)}")
+    return method
+
+
+def folder_defaults(model, method: str) -> tuple[dict[str, Any], str]:
+    """The model folder's defaults for ``method`` and how messages name their source."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return {}, "the model folder"
+    return config.defaults_for(method), config.source
+
+
+def resolve_decoder(model, method: str | None, params: dict[str, Any]) -> tuple[str, type, Params]:
+    """``(method name, method class for the model's family, resolved and validated parameters)``."""
+    method = resolve_method(model, method)
+    cls = method_class(method, model.family)
+    defaults, source = folder_defaults(model, method)
+    return method, cls, cls.Params.from_kwargs(method, params, defaults, source)
+
+
+def resolve_eos(model, eos_token_id: int | None) -> int | None:
+    """The caller's end-of-text id, else the folder's ``generation_config.json``, else ``config.json``'s."""
+    if eos_token_id is not None:
+        return eos_token_id
+    config = getattr(model, "generation_config", None)
+    if config is not None and config.eos_token_id is not None:
+        return config.eos_token_id
+    return model.config.eos_token_id

@@ -1,0 +1,146 @@
+"""Decoder parameters: one dataclass per method, resolved from three layers and validated with messages that say
+where each value came from.
+
+Resolution, for every parameter of the method, first match wins:
+
+1. the caller's argument (``d3llm.generate(..., threshold=0.3)``, a CLI flag);
+2. the model folder's decoding defaults (``generation_config.json``, see :mod:`d3llm.decoding.defaults`);
+3. the method's built-in default (the reference implementation's value).
+
+``steps`` of the block-sequential decoders follows ``max_new_tokens`` (one token per forward) unless one of the
+first two layers sets it. A bad value is a :class:`~d3llm.errors.GenerationError` that calls a value the caller never
+gave a default, and says which (``steps=128 (built-in default) must be a multiple of ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from d3llm.errors import GenerationError
+
+GIVEN, FOLDER, BUILTIN, DERIVED = "given", "folder", "builtin", "derived"
+
+
+@dataclass
+class Params:
+    """Base of the per-method parameter dataclasses (reference names and defaults)."""
+
+    aliases: ClassVar[dict[str, str]] = {"gen_length": "max_new_tokens", "block_length": "block_size"}
+    # fields a model folder's defaults may not set for this method (e.g. Dream's single-block vanilla decoder)
+    no_folder_default: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_kwargs(cls, method: str, kwargs: dict[str, Any], defaults: dict[str, Any] | None = None,
+                    default_source: str = "the model folder"):
+        """Resolve the parameters (module docstring) and validate them.
+
+        Args:
+            kwargs: what the caller gave; alias spellings (``gen_length``, ``block_length``) are accepted.
+            defaults: the model folder's defaults that apply to this method (unknown names are ignored).
+            default_source: how messages name the folder defaults (e.g. the generation_config.json path).
+        """
+        names = cls.names()
+        values: dict[str, Any] = {}
+        spelling: dict[str, str] = {}
+        for key, value in kwargs.items():
+            target = cls.aliases.get(key, key)
+            if target not in names:
+                close = difflib.get_close_matches(key, names + list(cls.aliases), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise GenerationError(
+                    f"unknown parameter '{key}' for method '{method}'{hint}; valid parameters: {', '.join(names)}"
+                )
+            if target in values:
+                raise GenerationError(
+                    f"parameter '{target}' given twice for method '{method}': as '{spelling[target]}' and as "
+                    f"'{key}'; pass one of them"
+                )
+            values[target] = value
+            spelling[target] = key
+        origin = {name: GIVEN for name in values}
+        for name, value in (defaults or {}).items():
+            if name in names and name not in values and name not in cls.no_folder_default:
+                values[name] = value
+                origin[name] = FOLDER
+        params = cls(**values)
+        params._origin = {name: origin.get(name, BUILTIN) for name in names}
+        params._default_source = default_source
+        params.derive()
+        params.validate(method)
+        return params
+
+    def derive(self) -> None:
+        """Fill parameters that follow others (``steps`` follows ``max_new_tokens``)."""
+        if hasattr(self, "steps") and self.steps is None and self.derived_steps:
+            self.steps = self.max_new_tokens
+            self._origin["steps"] = DERIVED
+
+    derived_steps: ClassVar[bool] = False  # True: steps=None means one token per forward
+
+    def validate(self, method: str) -> None:  # pragma: no cover - every method overrides
+        raise NotImplementedError
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved values (a flat dict of scalars)."""
+        return {name: getattr(self, name) for name in self.names()}
+
+    def origin(self, name: str) -> str:
+        return getattr(self, "_origin", {}).get(name, GIVEN)
+
+    def label(self, name: str) -> str:
+        """Where a value the caller did not give came from (empty for a given one)."""
+        return {
+            FOLDER: f" (default from {getattr(self, '_default_source', 'the model folder')})",
+            BUILTIN: " (built-in default)",
+            DERIVED: " (follows max_new_tokens: one token per forward)",
+        }.get(self.origin(name), "")
+
+    def show(self, name: str, value: Any = dataclasses.MISSING) -> str:
+        """``name=value`` and, when the caller did not give it, where it came from."""
+        value = getattr(self, name) if value is dataclasses.MISSING else value
+        return f"{name}={value!r}{self.label(name)}"
+
+    # -- shared checks ---------------------------------------------------------------------------------------------
+    def check_int(self, method: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise GenerationError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}{self.label(name)}")
+
+    def check_range(self, method: str, name: str, value: Any, lo: float, hi: float | None, what: str,
+                    allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or value != value:
+            raise GenerationError(f"{method}: {name} must be a number, got {value!r}{self.label(name)}")
+        if value < lo or (hi is not None and value > hi):
+            span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise GenerationError(f"{method}: {self.show(name, value)} is outside {span} ({what})")
+
+    def check_choice(self, method: str, name: str, value: Any, choices: tuple) -> None:
+        if value not in choices:
+            raise GenerationError(f"{method}: {self.show(name, value)} is not one of {', '.join(map(repr, choices))}")
+
+    def check_bool(self, method: str, name: str) -> None:
+        if not isinstance(getattr(self, name), bool):
+            raise GenerationError(f"{method}: {name} must be True or False, got {getattr(self, name)!r}{self.label(name)}")
+
+    def check_blocks(self, method: str) -> None:
+        """``max_new_tokens`` must be a positive multiple of ``block_size`` (whole blocks are decoded)."""
+        self.check_int(method, "max_new_tokens", self.max_new_tokens)
+        self.check_int(method, "block_size", self.block_size)
+        if self.max_new_tokens % self.block_size:
+            raise GenerationError(
+                f"{method}: {self.show('max_new_tokens')} is not a multiple of {self.show('block_size')}; "
+                f"{method} decodes whole blocks (use e.g. max_new_tokens="
+                f"{-(-self.max_new_tokens // self.block_size) * self.block_size}, or another block_size)"
+            )

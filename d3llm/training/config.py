@@ -1,0 +1,86 @@
+"""Options of ``d3llm train`` as a dataclass (no torch import, so ``d3llm --help`` stays fast)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from d3llm.errors import ConfigError
+
+DEFAULT_WARMUP = 200
+
+# Options that fix the data order, the noise and the model: a resumed run must use the same values.
+RESUME_KEYS = ("data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps", "data_seed")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``d3llm train`` (see ``d3llm train --help`` for each)."""
+
+    out: str
+    data: str = "arith"
+    eval_data: str | None = None
+    model: str = "llada-small"
+    set: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int | None = None  # None: DEFAULT_WARMUP, at most a tenth of the run
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    eps: float = 1e-3
+    response_length: int = 48
+    train_size: int | None = None
+    seed: int = 0
+    data_seed: int = 0
+    save_every: int = 500
+    keep: int = 2
+    eval_every: int = 500
+    eval_size: int = 200
+    eval_decode: str | None = None
+    eval_decode_size: int = 100
+    log_every: int = 50
+    resume: bool = False
+    device: str | None = None
+    threads: int | None = None
+    bf16: bool = False
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "response_length", "save_every", "eval_every", "log_every",
+                     "eval_size", "eval_decode_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps is not None:
+            if self.warmup_steps < 0:
+                raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            if self.warmup_steps > self.steps:
+                raise ConfigError(f"--warmup-steps {self.warmup_steps} is more than --steps {self.steps}: the run would "
+                                  f"end before the learning rate reaches --lr; lower --warmup-steps (or omit it: "
+                                  f"the default warm-up is {DEFAULT_WARMUP} steps, at most a tenth of the run)")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if self.threads is not None and self.threads <= 0:
+            raise ConfigError(f"--threads must be positive, got {self.threads}")
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps in effect: ``warmup_steps``, or by default :data:`DEFAULT_WARMUP` capped at a tenth of
+        ``steps`` (so a short run still decays its learning rate)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(DEFAULT_WARMUP, self.steps // 10)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
