@@ -75,13 +75,23 @@ class EvalResult:
         return out
 
 
-def evaluate(model, tokenizer, dataset, method: str, params: dict, *, batch_size: int = 8, limit: int | None = None,
-             seed: int | None = None, progress: bool = False) -> EvalResult:
-    """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` and score the answers."""
+def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
+             limit: int | None = None, seed: int | None = None, progress: bool = False) -> EvalResult:
+    """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
+    default) and ``params`` (unset ones: the folder's defaults), and score the answers."""
+    from d3llm.decoding.defaults import resolve_method
+    from d3llm.errors import ConfigError
+
+    params = dict(params or {})
+    method = resolve_method(model, method)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n <= 0:
-        raise ValueError(f"nothing to evaluate: the dataset has {len(dataset)} examples and limit is {limit}")
+        raise ConfigError(f"nothing to evaluate: the dataset has {len(dataset)} examples and limit is {limit}")
     examples = [dataset[i] for i in range(n)]
+    unscored = [getattr(ex, "source", "") or str(i) for i, ex in enumerate(examples) if ex.gold is None]
+    if unscored:
+        raise ConfigError(f"{len(unscored)} example(s) have no gold answer to score against (first: {unscored[0]}); "
+                          f"every answer needs a '#### N' line or a final number")
     prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
     eos = model.eos_token_id if params.get("eos_token_id") is None else params["eos_token_id"]
 
@@ -108,12 +118,11 @@ def evaluate(model, tokenizer, dataset, method: str, params: dict, *, batch_size
     s = score(texts, golds)
     records = []
     for i, (ex, ids, text, nfe, w) in enumerate(zip(examples, outputs, texts, nfes, walls)):
-        gold = ex.gold if ex.gold is not None else ex.answer
+        gold = ex.gold
         records.append(Record(i, getattr(ex, "source", ""), len(prompts[i]), len(ids), nfe, w, text, ex.gold,
                               extract_answer(text, "strict"), is_correct(text, gold, "strict"),
                               is_correct(text, gold, "flexible")))
-    resolved = result.params
-    return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=method, params=resolved, n=n,
+    return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=result.method, params=result.params, n=n,
                       strict=s.strict, flexible=s.flexible, tokens=sum(len(t) for t in outputs), nfe=sum(nfes),
                       wall_s=wall, model_s=model_time, batch_size=batch_size, records=records,
                       environment=environment(model))
