@@ -19,3 +19,7 @@ class ConfigError(D3LLMError, ValueError):
 
 class GenerationError(D3LLMError, ValueError):
     """A decoding parameter or prompt is invalid."""
+
+
+class AUPError(D3LLMError, ValueError):
+    """An accuracy-parallelism curve or leaderboard that AUP cannot score (bad points, a drop below the floor)."""
