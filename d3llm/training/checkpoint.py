@@ -5,6 +5,7 @@ Layout of ``OUT/checkpoints/step-000500/``::
     model/                 config.json + model.safetensors + tokenizer files (a loadable model folder)
     optimizer.pt           the optimizer's state_dict: plain tensors, numbers and lists (torch.save)
     trainer_state.json     step, the training options, metrics so far
+    extra.safetensors      (some objectives) tensors needed to resume beyond the model folder, e.g. LoRA adapters
     manifest.json          size and SHA-256 of every other file; written last
 
 A checkpoint is assembled in a hidden ``.step-000500.partial-*`` folder and renamed into place only once complete,
@@ -33,6 +34,7 @@ from d3llm.models.checkpoint import _atomic_write, atomic_write_text
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
+EXTRA = "extra.safetensors"
 MODEL_DIR = "model"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 FORMAT_VERSION = 1
@@ -97,8 +99,12 @@ def remove_partial(out: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], tokenizer_dir: str | os.PathLike | None, keep: int | None = None) -> Path:
-    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` checkpoints (None: all)."""
+                    state: dict[str, Any], tokenizer_dir: str | os.PathLike | None, keep: int | None = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` checkpoints (None: all). ``extra``
+    tensors (if any) go to ``extra.safetensors``."""
+    from safetensors.torch import save_file
+
     from d3llm.models.checkpoint import save_model
 
     root = checkpoint_dir(out)
@@ -112,6 +118,9 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.o
         save_model(model, tmp / MODEL_DIR, tokenizer=tokenizer_dir)
         opt_state = optimizer.state_dict()
         _atomic_write(tmp / OPTIMIZER, lambda p: torch.save(opt_state, p))
+        if extra:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in extra.items()}
+            _atomic_write(tmp / EXTRA, lambda p: save_file(tensors, str(p)))
         atomic_write_text(tmp / STATE, json.dumps({**state, "step": step, "format": FORMAT_VERSION}, indent=2) + "\n")
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
@@ -167,6 +176,14 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
                 f"checkpoint {folder}: {rel} is corrupted (SHA-256 differs from the manifest); {hint}"
             )
     return manifest
+
+
+def load_extra(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor] | None:
+    """The ``extra.safetensors`` tensors of a (verified) checkpoint, or None when it has none."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / EXTRA
+    return load_file(str(file), device=str(device)) if file.is_file() else None
 
 
 def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[Any, dict, dict]:

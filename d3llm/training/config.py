@@ -1,4 +1,5 @@
-"""Options of ``d3llm train`` as a dataclass (no torch import, so ``d3llm --help`` stays fast)."""
+"""Options of the training loop and of ``d3llm train`` as dataclasses. No torch import here, so that building the
+command-line parser (``d3llm --help``) stays fast."""
 
 from __future__ import annotations
 
@@ -10,20 +11,12 @@ from d3llm.errors import ConfigError
 
 DEFAULT_WARMUP = 200
 
-# Options that fix the data order, the noise and the model: a resumed run must use the same values.
-RESUME_KEYS = ("data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps", "data_seed")
-
 
 @dataclass
-class TrainConfig:
-    """Options of ``d3llm train`` (see ``d3llm train --help`` for each)."""
+class LoopConfig:
+    """Options of the training loop itself, shared by every objective (see ``d3llm train --help``)."""
 
     out: str
-    data: str = "arith"
-    eval_data: str | None = None
-    model: str = "llada-small"
-    set: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str | None = None
     steps: int = 5000
     batch_size: int = 64
     lr: float = 2e-3
@@ -33,17 +26,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0
-    eps: float = 1e-3
-    response_length: int = 48
-    train_size: int | None = None
     seed: int = 0
-    data_seed: int = 0
     save_every: int = 500
     keep: int = 2
     eval_every: int = 500
-    eval_size: int = 200
-    eval_decode: str | None = None
-    eval_decode_size: int = 100
     log_every: int = 50
     resume: bool = False
     device: str | None = None
@@ -52,8 +38,7 @@ class TrainConfig:
     progress: bool | None = None
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "response_length", "save_every", "eval_every", "log_every",
-                     "eval_size", "eval_decode_size"):
+        for name in ("steps", "batch_size", "save_every", "eval_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.warmup_steps is not None:
@@ -67,8 +52,6 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"--min-lr-ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if not 0 < self.eps < 1:
-            raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")
         if self.grad_clip < 0:
             raise ConfigError(f"--grad-clip must be >= 0 (0 disables it), got {self.grad_clip}")
         if self.threads is not None and self.threads <= 0:
@@ -84,3 +67,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Options of ``d3llm train`` (see ``d3llm train --help`` for each): the loop's, plus data, model and noise."""
+
+    data: str = "arith"
+    eval_data: str | None = None
+    model: str = "llada-small"
+    set: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None
+    eps: float = 1e-3
+    response_length: int = 48
+    train_size: int | None = None
+    data_seed: int = 0
+    eval_size: int = 200
+    eval_decode: str | None = None
+    eval_decode_size: int = 100
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("response_length", "eval_size", "eval_decode_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 < self.eps < 1:
+            raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")

@@ -1,44 +1,39 @@
-"""``d3llm train``: masked-diffusion supervised fine-tuning (LLaDA guidelines), from scratch or from a model folder.
+"""The training loop of ``d3llm train`` and ``d3llm distill``: one loop, pluggable objectives.
 
-One optimizer step processes a *global* batch of ``batch_size`` examples: examples ``[s * G, (s + 1) * G)`` of the
-data stream at step s (the stream is the built-in task's problem sequence, or a file's rows reshuffled every epoch
-with a seeded permutation), and noise drawn from a generator seeded by ``(seed, step)``. Data-parallel ranks take
-equal contiguous slices of the global batch and of its noise, so the result does not depend on the number of
-processes (up to floating-point reduction order), and ``--resume`` continues with exactly the batches and masks an
-uninterrupted run would have used.
+The loop (this module) owns what every objective shares; an :class:`~d3llm.training.objective.Objective` owns the
+model, the data, the batch of a step and the loss (masked-diffusion SFT: :mod:`d3llm.training.sft`; pseudo-trajectory
+distillation: :mod:`d3llm.distill.objective`).
 
-Optimisation: AdamW (no weight decay on norms), linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient
-clipping. Every ``save_every`` steps an atomic, checksummed checkpoint is written (see
-:mod:`d3llm.training.checkpoint`); every ``eval_every`` steps the held-out loss (fixed examples, fixed masks) is
-measured, and, with ``eval_decode``, exact-match accuracy of decoded answers. At the end the model is written to
-``out`` as a model folder (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``).
+Optimisation: AdamW (no weight decay on norms and other 1-d parameters) over the parameters that require gradients,
+linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient clipping. Every ``save_every`` steps an atomic,
+checksummed checkpoint is written (see :mod:`d3llm.training.checkpoint`); every ``eval_every`` steps the objective's
+held-out evaluation runs on the main rank. At the end the model is written to ``out`` as a model folder
+(``config.json``, ``model.safetensors``, tokenizer files, ``training.json``). ``torchrun`` runs the same command as
+several data-parallel processes (see :mod:`d3llm.training.distributed`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from d3llm.errors import ConfigError
-from d3llm.models.generation_config import GenerationConfig
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
-from d3llm.training.collate import Encoder
-from d3llm.training.config import RESUME_KEYS, TrainConfig
-from d3llm.training.loss import draw_noise, masked_diffusion_loss
+from d3llm.training.config import LoopConfig, TrainConfig
+from d3llm.training.objective import Objective
+from d3llm.training.sft import DataStream, MaskedDiffusionObjective
 
-__all__ = ["TrainConfig", "train", "lr_at", "DataStream", "RESUME_KEYS"]
+__all__ = ["DataStream", "LoopConfig", "Objective", "TrainConfig", "lr_at", "train"]
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: LoopConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up over ``cfg.warmup`` steps, then cosine decay
     from ``lr`` to ``min_lr_ratio * lr`` at the last step."""
     warmup = cfg.warmup
@@ -50,154 +45,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _seed_of(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
-
-
-class DataStream:
-    """Global example ``g`` -> dataset item: the built-in task is already i.i.d. (identity order); a file is read in
-    a fresh seeded permutation every epoch."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def index(self, g: int) -> int:
-        n = len(self.dataset)
-        if getattr(self.dataset, "iid", False):
-            return g % n
-        epoch, pos = divmod(g, n)
-        if self._perm is None or self._perm[0] != epoch:
-            gen = torch.Generator().manual_seed(_seed_of("epoch", self.seed, epoch))
-            self._perm = (epoch, torch.randperm(n, generator=gen))
-        return int(self._perm[1][pos])
-
-    def epoch(self, g: int) -> float:
-        return g / len(self.dataset)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# setup helpers
-# ------------------------------------------------------------------------------------------------------------------
-
-def _is_model_folder(spec: str) -> bool:
-    return (Path(spec).expanduser() / "config.json").is_file()
-
-
-def _tokenizer_for(cfg: TrainConfig, info: distm.DistInfo, out: Path):
-    """(tokenizer, folder holding its files). Built-in task tokenizer for ``arith`` data from scratch; else the
-    ``--tokenizer`` folder, else the ``--model`` folder."""
-    from d3llm.models.tokenizer import load_tokenizer
-
-    source = cfg.tokenizer or (cfg.model if _is_model_folder(cfg.model) else None)
-    if source is not None:
-        return load_tokenizer(source), Path(source)
-    if cfg.data.split(":")[0] == "arith":
-        from d3llm.tasks.tokenizer import build_tokenizer
-
-        folder = out  # the final model folder: its one copy of the tokenizer files
-        if info.is_main:
-            tok = build_tokenizer(folder)
-        distm.barrier(info)
-        if not info.is_main:
-            tok = load_tokenizer(folder)
-        return tok, folder
-    raise ConfigError(f"training from the named config {cfg.model!r} on {cfg.data!r} needs a tokenizer: pass "
-                      f"--tokenizer FOLDER (or --model a model folder that has one)")
-
-
-def _build_model(cfg: TrainConfig, tokenizer):
-    from d3llm.models.checkpoint import build_model, load_model
-    from d3llm.models.configs import NAMED_CONFIGS
-
-    if _is_model_folder(cfg.model):
-        model = load_model(cfg.model, device="cpu")
-        if cfg.set:
-            raise ConfigError("--set changes the architecture of a new model; it cannot apply to a loaded --model "
-                              "folder")
-        return model
-    if cfg.model not in NAMED_CONFIGS:
-        raise ConfigError(f"--model {cfg.model!r} is neither a model folder (no config.json there) nor a named "
-                          f"config ({', '.join(sorted(NAMED_CONFIGS))})")
-    mask_id = tokenizer.mask_token_id
-    if mask_id is None:
-        raise ConfigError("the tokenizer has no mask_token; a masked-diffusion model needs one (e.g. <|mdm_mask|>)")
-    ids = dict(vocab_size=len(tokenizer), mask_token_id=mask_id, eos_token_id=tokenizer.eos_token_id)
-    family = NAMED_CONFIGS[cfg.model]["family"]
-    ids["pad_token_id" if family == "llada" else "bos_token_id"] = tokenizer.eos_token_id
-    overrides = {**ids, **cfg.set}
-    return build_model(cfg.model, seed=cfg.seed, **overrides)
-
-
-def _check_lengths(cfg: TrainConfig, encoder: Encoder, dataset, model) -> None:
-    """Fail at start, not at step 3000: every example of a file must fit; the built-in task has a known bound."""
-    from d3llm.tasks.arith import MAX_ANSWER_TOKENS
-
-    max_len = model.config.max_length
-    if getattr(dataset, "iid", False):
-        need = MAX_ANSWER_TOKENS + (1 if encoder.eot_id is not None else 0)
-        if cfg.response_length < need:
-            raise ConfigError(f"--response-length {cfg.response_length} is too short for the built-in task: its "
-                              f"answers take up to {need} tokens with the end-of-turn token")
-        sample = [encoder.encode_example(dataset[i]) for i in range(min(len(dataset), 256))]
-    else:
-        sample = [encoder.encode_example(dataset[i]) for i in range(len(dataset))]
-    longest = max(len(e.prompt) for e in sample) + cfg.response_length
-    if longest > max_len:
-        raise ConfigError(f"sequences of {longest} tokens (prompt + --response-length {cfg.response_length}) exceed "
-                          f"the model's max_sequence_length {max_len}")
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# evaluation
-# ------------------------------------------------------------------------------------------------------------------
-
-class Evaluator:
-    """Held-out masked-diffusion loss on fixed examples with fixed masks (comparable across steps and runs)."""
-
-    def __init__(self, cfg: TrainConfig, encoder: Encoder, dataset, mask_id: int):
-        n = min(cfg.eval_size, len(dataset))
-        self.examples = [dataset[i] for i in range(n)]
-        self.encoded = [encoder.encode_example(e) for e in self.examples]
-        self.encoder, self.mask_id, self.cfg = encoder, mask_id, cfg
-        gen = torch.Generator().manual_seed(_seed_of("eval", 12345))
-        self.t, self.u = draw_noise(n, cfg.response_length, gen)
-
-    @torch.no_grad()
-    def loss(self, model, device) -> float:
-        was_training = model.training
-        model.eval()
-        total, bs = 0.0, self.cfg.batch_size
-        for i in range(0, len(self.encoded), bs):
-            batch = self.encoder.collate(self.encoded[i:i + bs]).to(device)
-            out = masked_diffusion_loss(model, batch, self.mask_id, self.t[i:i + bs], self.u[i:i + bs], self.cfg.eps)
-            total += float(out.loss) * batch.input_ids.shape[0]
-        model.train(was_training)
-        return total / len(self.encoded)
-
-    @torch.no_grad()
-    def accuracy(self, model, tokenizer, method: str) -> dict[str, float]:
-        """Exact match and TPF of answers decoded with ``d3llm.decoding.generate(method=...)`` on the first
-        ``eval_decode_size`` examples (``vanilla``: one token per forward, blocks of 32 when they divide the
-        response length)."""
-        from d3llm.decoding import generate
-        from d3llm.tasks.scoring import score
-
-        was_training = model.training
-        model.eval()
-        n = min(self.cfg.eval_decode_size, len(self.examples))
-        length = self.cfg.response_length
-        params = {"max_new_tokens": length, "block_size": 32 if length % 32 == 0 else length}
-        if method == "vanilla":
-            params["steps"] = length
-        result = generate(model, [e.prompt for e in self.encoded[:n]], method, eos_token_id=tokenizer.eos_token_id,
-                          **params)
-        texts = [tokenizer.decode(t, skip_special_tokens=True) for t in result.tokens]
-        sc = score(texts, [e.gold if e.gold is not None else e.answer for e in self.examples[:n]])
-        model.train(was_training)
-        return {"exact_match": sc.strict, "flexible_match": sc.flexible, "tpf": result.tokens_per_forward}
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # progress display
 # ------------------------------------------------------------------------------------------------------------------
@@ -205,7 +52,7 @@ class Evaluator:
 class Progress:
     """A rich progress bar with loss and tokens/s on a terminal; plain log lines otherwise (rank 0 only)."""
 
-    def __init__(self, cfg: TrainConfig, total: int, start: int, enabled: bool):
+    def __init__(self, cfg: LoopConfig, total: int, start: int, enabled: bool, title: str = "train"):
         from rich.console import Console
 
         self.console = Console(stderr=True)
@@ -216,7 +63,7 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
                 TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = RichProgress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            self.bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                     console=self.console, transient=False)
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
@@ -243,19 +90,19 @@ class Progress:
 # the training loop
 # ------------------------------------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the output model folder (on every rank)."""
-    from d3llm.tasks.data import load_dataset
-
-    cfg.validate()
+def train(cfg: LoopConfig, objective: Objective | None = None) -> Path:
+    """Run training as configured; returns the output model folder (on every rank). ``objective`` defaults to
+    masked-diffusion SFT of ``cfg`` (a :class:`TrainConfig`)."""
+    objective = objective if objective is not None else MaskedDiffusionObjective(cfg)
+    objective.validate()
     info = distm.setup(cfg.device)
     try:
-        return _train(cfg, info, load_dataset)
+        return _train(cfg, objective, info)
     finally:
         distm.teardown(info)
 
 
-def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
+def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     from d3llm.models.checkpoint import atomic_write_text, save_model
 
     out = Path(cfg.out).expanduser()
@@ -282,44 +129,26 @@ def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
     if info.is_main:
         ckpt.remove_partial(out)
 
-    # -- data, tokenizer, model ------------------------------------------------------------------------------------
-    dataset = load_dataset(cfg.data, "train", cfg.train_size, cfg.data_seed)
-    tokenizer, tok_dir = _tokenizer_for(cfg, info, out)
-    encoder = Encoder(tokenizer, cfg.response_length)
-    model = _build_model(cfg, tokenizer)
-    mask_id = model.config.mask_token_id
-    if mask_id is None:
-        raise ConfigError(f"model {cfg.model!r} has no mask_token_id in its config.json")
-    if tokenizer.eos_token_id != model.config.eos_token_id:
-        raise ConfigError(f"the tokenizer's eos_token_id {tokenizer.eos_token_id} differs from the model's "
-                          f"eos_token_id {model.config.eos_token_id}")
-    _check_lengths(cfg, encoder, dataset, model)
-    model.generation_config = GenerationConfig.for_trained_model(
-        cfg.response_length, model.config.eos_token_id, model.config.pad_token_id, base=model.generation_config)
-    eval_spec = cfg.eval_data or ("arith:test" if cfg.data.split(":")[0] == "arith" else None)
-    evaluator = None
-    if eval_spec is not None and info.is_main:
-        evaluator = Evaluator(cfg, encoder, load_dataset(eval_spec, "test", None, cfg.data_seed,
-                                                                 scored=cfg.eval_decode is not None), mask_id)
-
-    model = model.to(info.device).train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    # -- data, tokenizer, model (the objective's) ------------------------------------------------------------------
+    objective.setup(info, out)
+    model = objective.model.to(info.device).train()
+    params = objective.trainable_parameters()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     if resume_from is not None:
         loaded, opt_state, state = ckpt.load_checkpoint(resume_from.path, device=info.device)
         saved_cfg = state.get("config", {})
-        diffs = [f"--{k.replace('_', '-')} {saved_cfg.get(k)!r} (now {getattr(cfg, k)!r})" for k in RESUME_KEYS
-                 if k in saved_cfg and saved_cfg[k] != getattr(cfg, k)]
+        diffs = [f"--{k.replace('_', '-')} {saved_cfg.get(k)!r} (now {getattr(cfg, k)!r})"
+                 for k in objective.resume_keys if k in saved_cfg and saved_cfg[k] != getattr(cfg, k)]
         if diffs:
             raise ConfigError(f"cannot resume from {resume_from.path}: it was trained with " + ", ".join(diffs)
                               + "; pass the same options to continue that run")
-        model.load_state_dict(loaded.state_dict())
+        objective.restore(model, loaded, ckpt.load_extra(resume_from.path, device=info.device))
         optimizer.load_state_dict(opt_state)
         start_step, history = int(state["step"]), list(state.get("history", []))
-    stream = DataStream(dataset, cfg.data_seed)
 
     net = model
     if info.distributed:
@@ -327,14 +156,15 @@ def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
 
         net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
-    progress = Progress(cfg, cfg.steps, start_step, enabled=info.is_main)
+    progress = Progress(cfg, cfg.steps, start_step, enabled=info.is_main, title=objective.name)
     if resume_from is not None:
         progress.log(f"resuming from {resume_from.path} (step {start_step})")
     elif cfg.resume:
         progress.log(f"no checkpoint in {ckpt.checkpoint_dir(out)}; starting from step 0")
-    progress.log(f"training {model.config.describe() if hasattr(model.config, 'describe') else cfg.model} "
-                 f"({model.num_parameters():,} parameters) on {dataset.name} with {info.world_size} process(es), "
-                 f"global batch {cfg.batch_size}, {cfg.steps} steps")
+    base = objective.export_model(model)
+    progress.log(f"training {base.config.describe() if hasattr(base.config, 'describe') else type(base).__name__} "
+                 f"({base.num_parameters():,} parameters) on {objective.data_name} with {info.world_size} "
+                 f"process(es), global batch {cfg.batch_size}, {cfg.steps} steps")
     log_file = out / "train_log.jsonl"
 
     def record(entry: dict) -> None:
@@ -348,59 +178,60 @@ def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
 
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     t_start = time.perf_counter()
-    window_tokens, window_loss, window_steps, window_t0 = 0.0, 0.0, 0, time.perf_counter()
+    window: dict[str, float] = {}
+    window_tokens, window_steps, window_t0 = 0.0, 0, time.perf_counter()
     step = start_step
     try:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            first = step * cfg.batch_size + info.rank * local_bs
-            items = [encoder.encode_example(dataset[stream.index(g)]) for g in range(first, first + local_bs)]
-            batch = encoder.collate(items).to(info.device)
-            gen = torch.Generator().manual_seed(_seed_of("noise", cfg.seed, step))
-            t, u = draw_noise(cfg.batch_size, cfg.response_length, gen)
-            rows = slice(info.rank * local_bs, (info.rank + 1) * local_bs)
+            batch = objective.batch(step, info.rank, info.world_size, info.device)
             with autocast:
-                result = masked_diffusion_loss(net, batch, mask_id, t[rows], u[rows], cfg.eps)
+                result = objective.loss(net, batch)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             else:
-                grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in model.parameters()
-                                                 if p.grad is not None)))
+                grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
             if not math.isfinite(grad_norm):
                 raise ConfigError(f"step {step + 1}: the gradient norm is {grad_norm}; lower --lr or check the data")
             optimizer.step()
 
-            loss_sum, tokens = distm.all_reduce_sum(info, [float(result.loss.detach()) * local_bs, batch.num_tokens()])
-            window_loss += loss_sum / cfg.batch_size
-            window_tokens += tokens
+            names = sorted(result.metrics)
+            sums = distm.all_reduce_sum(info, [float(result.loss.detach()) * local_bs, result.tokens]
+                                        + [result.metrics[k] * local_bs for k in names])
+            for key, value in zip(["loss", *names], [sums[0], *sums[2:]]):
+                window[key] = window.get(key, 0.0) + value / cfg.batch_size
+            window_tokens += sums[1]
             window_steps += 1
             done = step + 1
             elapsed = time.perf_counter() - window_t0
             tps = window_tokens / elapsed if elapsed > 0 else 0.0
-            progress.update(done, f"loss {window_loss / window_steps:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
+            progress.update(done, f"loss {window['loss'] / window_steps:.4f}  lr {lr:.2e}  {tps:,.0f} tok/s")
             if done % cfg.log_every == 0 or done == cfg.steps:
-                entry = {"step": done, "loss": window_loss / window_steps, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": tps, "epoch": stream.epoch(done * cfg.batch_size),
-                         "elapsed_s": time.perf_counter() - t_start}
+                means = {k: v / window_steps for k, v in window.items()}
+                entry = {"step": done, "loss": means.pop("loss"), "lr": lr, "grad_norm": grad_norm,
+                         "tokens_per_s": tps, "epoch": objective.epoch(done * cfg.batch_size),
+                         "elapsed_s": time.perf_counter() - t_start, **means}
                 record(entry)
                 if progress.bar is None:
                     progress.log(f"step {done}/{cfg.steps}  loss {entry['loss']:.4f}  lr {lr:.2e}  "
                                  f"{tps:,.0f} tok/s")
-                window_tokens, window_loss, window_steps, window_t0 = 0.0, 0.0, 0, time.perf_counter()
-            if evaluator is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-                ev = {"step": done, "eval_loss": evaluator.loss(model, info.device)}
-                if cfg.eval_decode:
-                    ev.update(evaluator.accuracy(model, tokenizer, cfg.eval_decode))
-                record(ev)
-                progress.log("eval " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                 for k, v in ev.items()))
+                window, window_tokens, window_steps, window_t0 = {}, 0.0, 0, time.perf_counter()
+            if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
+                metrics = objective.evaluate(model, info.device)
+                if metrics is not None:
+                    ev = {"step": done, **metrics}
+                    record(ev)
+                    progress.log("eval " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in ev.items()))
             if done % cfg.save_every == 0 or done == cfg.steps:
                 if info.is_main:
-                    path = ckpt.save_checkpoint(out, done, model, optimizer, state_dict(), tok_dir, keep=cfg.keep)
+                    path = ckpt.save_checkpoint(out, done, objective.export_model(model), optimizer, state_dict(),
+                                                objective.tokenizer_dir, keep=cfg.keep,
+                                                extra=objective.extra_state(model))
                     progress.log(f"saved {path}")
                 distm.barrier(info)
     finally:
@@ -408,10 +239,12 @@ def _train(cfg: TrainConfig, info: distm.DistInfo, load_dataset) -> Path:
 
     if info.is_main:
         model.eval()
-        save_model(model, out, tokenizer=tok_dir)
-        summary = {"config": cfg.to_dict(), "world_size": info.world_size, "steps": cfg.steps,
-                   "parameters": model.num_parameters(), "wall_time_s": time.perf_counter() - t_start,
-                   "resumed_from_step": start_step, "torch": torch.__version__,
+        final = objective.export_model(model)
+        save_model(final, out, tokenizer=objective.tokenizer_dir)
+        summary = {"objective": objective.name, "config": cfg.to_dict(), "world_size": info.world_size,
+                   "steps": cfg.steps, "parameters": final.num_parameters(),
+                   "wall_time_s": time.perf_counter() - t_start, "resumed_from_step": start_step,
+                   "torch": torch.__version__, **objective.summary(),
                    "final": {k: v for e in history[-3:] for k, v in e.items()}}
         atomic_write_text(out / "training.json", json.dumps(summary, indent=2) + "\n")
         progress.log(f"wrote the trained model to {out}")
