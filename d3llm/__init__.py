@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "KVCache": "d3llm.cache",
     "GenerationResult": "d3llm.decoding", "StepEvent": "d3llm.decoding", "generate": "d3llm.decoding",
+    "Engine": "d3llm.decoding", "RowEvent": "d3llm.decoding", "RequestOutput": "d3llm.decoding",
     "CheckpointError": "d3llm.errors", "ConfigError": "d3llm.errors", "D3LLMError": "d3llm.errors",
     "GenerationError": "d3llm.errors",
     "NAMED_CONFIGS": "d3llm.models", "DiffusionLM": "d3llm.models", "DreamConfig": "d3llm.models",

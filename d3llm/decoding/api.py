@@ -1,17 +1,17 @@
-"""``d3llm.generate``: the one public entry point of every decoder."""
+"""``d3llm.generate``: the one public entry point of every decoder, a thin client of :class:`~d3llm.Engine`."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from d3llm.decoding.canvas import build_canvas, normalize_prompts
-from d3llm.decoding.engine import DecodingEngine
-from d3llm.decoding.defaults import resolve_decoder, resolve_eos
-from d3llm.decoding.result import GenerationResult, StepEvent
+from d3llm.decoding.canvas import normalize_prompts
+from d3llm.decoding.engine import Engine, too_long_message
 from d3llm.errors import GenerationError
+from d3llm.decoding.result import GenerationResult, StepEvent
 
 
 def generate(
@@ -30,16 +30,17 @@ def generate(
 
     Args:
         model: a :class:`~d3llm.models.DiffusionLM` (LLaDA or Dream).
-        input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is left-padded), a list of token-id lists
-            of different lengths (left-padded inside), or what a tokenizer returns (a ``BatchEncoding`` or dict with
-            ``input_ids`` and ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
+        input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is padded), a list of token-id lists of
+            different lengths, or what a tokenizer returns (a ``BatchEncoding`` or dict with ``input_ids`` and
+            ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
         method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``; None = the model folder's
             ``generation_config.json`` method, else ``multi_block``. Family rules follow the model (e.g. ``vanilla``
             on Dream is Dream's timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
         mask_id: defaults to the model config's ``mask_token_id``.
         eos_token_id: defaults to the folder's ``generation_config.json``, else ``config.json``. It cuts
             ``result.tokens`` and drives ``early_stop``.
-        seed: seeds the sampler (temperature > 0, random remasking) so that results repeat.
+        seed: seeds the sampler (temperature > 0, random remasking) so that results repeat; every row gets its own
+            generator seeded with it, so a row samples what it samples alone.
         callback: called with a :class:`~d3llm.decoding.result.StepEvent` after every step (streaming, display).
         **params: the method's parameters, with the reference's names (``steps``, ``max_new_tokens`` (alias
             ``gen_length``), ``block_size`` (alias ``block_length``), ``temperature``, ``remasking``, ``threshold``,
@@ -48,57 +49,63 @@ def generate(
             (``generation_config.json``), else the method's built-in default (the reference's); ``steps`` follows
             ``max_new_tokens`` (one token per forward) unless set.
 
-    Bad parameters raise :class:`~d3llm.errors.GenerationError` before any work is done.
+    Every row is a request of one :class:`~d3llm.Engine`; the batch decodes together and each row leaves it when it
+    finishes. Bad parameters, prompts or ids raise :class:`~d3llm.errors.GenerationError` before any work is done.
     """
     t0 = time.perf_counter()
-    method, cls, resolved = resolve_decoder(model, method, params)
-    config = model.config
-
-    mask_id = config.mask_token_id if mask_id is None else mask_id
-    if mask_id is None:
-        raise GenerationError("the model config has no mask_token_id; pass mask_id=...")
-    vocab = config.padded_vocab_size
-    for name, value in (("mask_id", mask_id), ("eos_token_id", eos_token_id)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab):
-            raise GenerationError(f"{name}={value!r} is not a token id of this model's vocabulary [0, {vocab})")
-    eos_id = resolve_eos(model, eos_token_id)
-    if eos_id == mask_id:
-        raise GenerationError(f"eos_token_id and mask_id are both {mask_id}; they must differ")
-
+    engine = Engine(model, method, mask_id=mask_id, eos_token_id=eos_token_id, **params)
     prompts = normalize_prompts(input_ids, attention_mask)
-    room = config.max_length - resolved.max_new_tokens
-    too_long = [i for i, p in enumerate(prompts) if len(p) > room]
+    limit = model.config.max_length
+    too_long = [i for i, p in enumerate(prompts) if len(p) + engine.params.max_new_tokens > limit]
     if too_long:
         i = too_long[0]
-        others = f" (and {len(too_long) - 1} more prompt(s))" if len(too_long) > 1 else ""
-        raise GenerationError(
-            f"prompt {i} has {len(prompts[i])} tokens; with {resolved.show('max_new_tokens')} that is "
-            f"{len(prompts[i]) + resolved.max_new_tokens}, more than the model's maximum length {config.max_length}"
-            f"{others}; shorten the prompt to at most {max(room, 0)} tokens or lower max_new_tokens"
-        )
-    pad_id = next(i for i in (config.pad_token_id, eos_id, 0, 1) if i is not None and i != mask_id)
-    device = model.device
-    canvas = build_canvas(prompts, resolved.max_new_tokens, mask_id=mask_id, pad_id=pad_id, vocab_size=vocab,
-                          device=device)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(seed))
-    decoder = cls(resolved, family=model.family, mask_id=mask_id, eos_id=eos_id, generator=generator)
-    engine = DecodingEngine(model, decoder, canvas, callback=callback)
-    with torch.inference_mode():
-        sequences, nfe, commit_step = engine.run()
+        raise GenerationError(too_long_message(i, len(prompts[i]), engine.params, limit, len(too_long) - 1))
+    for i, prompt in enumerate(prompts):
+        engine.add_request(prompt, request_id=i, seed=seed)
+    outputs = {}
+    width = max(len(p) for p in prompts)
+    config = model.config
+    pad_id = next(i for i in (config.pad_token_id, engine.eos_id, 0, 1) if i is not None and i != engine.mask_id)
+    while engine.has_work:
+        for event in engine.step():
+            if event.finished:
+                outputs[event.request_id] = event.output
+        if callback is not None and engine.num_active:
+            callback(_step_event(engine, width, pad_id))
 
-    generated = sequences[:, canvas.gen_start:].tolist()
-    tokens = [row[: row.index(eos_id)] if eos_id is not None and eos_id in row else row for row in generated]
+    n = engine.params.max_new_tokens
+    sequences = np.full((len(prompts), width + n), pad_id, dtype=np.int64)
+    nfe = np.zeros(len(prompts), dtype=np.int64)
+    commit_step = np.zeros((len(prompts), n), dtype=np.int64)
+    for i, prompt in enumerate(prompts):
+        out = outputs[i]
+        sequences[i, width - len(prompt) : width] = prompt
+        sequences[i, width:] = out.generated
+        nfe[i], commit_step[i] = out.nfe, out.commit_step
     return GenerationResult(
         sequences=torch.from_numpy(sequences),
-        prompt_lengths=torch.from_numpy(canvas.prompt_lengths),
+        prompt_lengths=torch.tensor([len(p) for p in prompts]),
         nfe=torch.from_numpy(nfe),
         commit_step=torch.from_numpy(commit_step),
-        tokens=tokens,
+        tokens=[outputs[i].tokens for i in range(len(prompts))],
         wall_time=time.perf_counter() - t0,
-        model_time=engine.model_time,
-        method=method,
-        params=resolved.as_dict(),
+        model_time=engine.stats.model_time,
+        method=engine.method_name,
+        params=engine.params.as_dict(),
     )
+
+
+def _step_event(engine: Engine, width: int, pad_id: int) -> StepEvent:
+    """The step's canvases of the rows that decoded in it, left-padded so generation starts at column ``width``."""
+    canvas, commit = engine.canvas, engine.last_commit
+    n, length = canvas.size, width + canvas.max_gen_length
+    x = np.full((n, length), pad_id, dtype=np.int64)
+    committed = np.zeros((n, length), dtype=bool)
+    shift = width - canvas.prompt_lengths
+    for i in range(n):
+        end = int(canvas.lengths[i])
+        x[i, shift[i] : shift[i] + end] = canvas.x[i, :end]
+        cols = commit.positions[i][commit.transfer[i]] + shift[i]
+        committed[i, cols] = True
+    return StepEvent(step=int(engine.rows.nfe.max()) - 1, rows=list(engine.active_ids), canvas=x, committed=committed,
+                     gen_start=width, block_size=getattr(engine.params, "block_size", None))

@@ -1,11 +1,13 @@
-"""The decoding canvas of a batch: left-padded prompts followed by ``max_new_tokens`` mask tokens.
+"""The decoding canvas of the active rows: each row's prompt followed by its ``max_new_tokens`` mask tokens.
 
-Left padding aligns every row's generation region at the same canvas columns ``[G, G + N)`` (G = longest prompt),
-so block boundaries are shared by all rows and per-row state reduces to per-row counters. Padding columns are
-excluded from attention and rotary positions follow the padding mask, so each row computes what it would alone.
+Every row keeps its own coordinates: column ``j`` of row ``i`` is position ``j`` of that row's sequence (its
+rotary position and its KV-cache slot), the prompt fills ``[0, P_i)`` and the generation ``[P_i, P_i + N_i)``.
+Prompts and generation lengths differ per row; nothing is padded on the left, and columns after a row's end hold a
+filler token that is never a mask (so counts of masks ignore them). Rows join (``concat``) and leave (``select``)
+without moving any other row's columns.
 
 The token ids live on the host (a numpy array): the decoding state machine reads and edits them there, and each
-forward copies the slice it needs to the device (a few kilobytes; on the CPU no copy at all).
+forward gathers the slices it needs (a few kilobytes) for the device.
 """
 
 from __future__ import annotations
@@ -16,29 +18,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from d3llm.decoding.rows import RowTable, pad_columns
 from d3llm.errors import GenerationError
 
 
 @dataclass
-class Canvas:
-    """Tokens and geometry of the rows still being decoded.
+class Canvas(RowTable):
+    """Tokens and geometry of the rows being decoded.
 
     Attributes:
-        x: ``[n, L]`` int64 token ids on the host, ``L = G + N``.
-        attention_mask: ``[n, L]`` device tensor (1 = real token) or None when no row is padded.
+        x: ``[n, W]`` int64 token ids on the host; ``W >= max(P) + max(N)``.
+        prompt_lengths: ``[n]`` P_i, which is also the first generated position of each row.
+        gen_lengths: ``[n]`` N_i, the generation length of each row.
+        mask_id: the mask token id; filler: the id after a row's end (never the mask).
         device: where the model runs.
-        rows: ``[n]`` indices of these rows in the caller's batch.
-        prompt_lengths: ``[n]`` real prompt lengths (numpy).
-        gen_start: G, the first generated column.
-        mask_id: the mask token id.
     """
 
+    row_fields = {"x": None, "prompt_lengths": 0, "gen_lengths": 0}
+
     x: np.ndarray
-    attention_mask: torch.Tensor | None
-    rows: np.ndarray
     prompt_lengths: np.ndarray
-    gen_start: int
+    gen_lengths: np.ndarray
     mask_id: int
+    filler: int
     device: torch.device
 
     @property
@@ -46,24 +48,44 @@ class Canvas:
         return self.x.shape[0]
 
     @property
-    def length(self) -> int:
+    def width(self) -> int:
         return self.x.shape[1]
 
     @property
-    def gen_length(self) -> int:
-        return self.length - self.gen_start
+    def gen_start(self) -> np.ndarray:
+        """``[n]`` the first generated position of every row (its prompt length)."""
+        return self.prompt_lengths
 
-    def tokens(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Columns ``[start, end)`` as a device tensor (on the CPU, a view of the host array)."""
-        return torch.from_numpy(self.x[:, start:end]).to(self.device)
+    @property
+    def lengths(self) -> np.ndarray:
+        """``[n]`` prompt plus generation length of every row."""
+        return self.prompt_lengths + self.gen_lengths
 
-    def select(self, keep: np.ndarray) -> "Canvas":
-        """The canvas of a subset of rows (``keep``: indices into the current rows)."""
-        mask = None
-        if self.attention_mask is not None:
-            mask = self.attention_mask.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=self.device))
-        return Canvas(x=self.x[keep], attention_mask=mask, rows=self.rows[keep],
-                      prompt_lengths=self.prompt_lengths[keep], gen_start=self.gen_start, mask_id=self.mask_id,
+    @property
+    def max_gen_length(self) -> int:
+        return int(self.gen_lengths.max())
+
+    def gen(self) -> np.ndarray:
+        """``[n, max N]`` every row's generation region (filler after its end). A view when every prompt has the same
+        length, else a copy: read it, edit ``x``."""
+        g = self.prompt_lengths
+        n_max = self.max_gen_length
+        if (g == g[0]).all():
+            return self.x[:, g[0] : g[0] + n_max]
+        return np.take_along_axis(self.x, g[:, None] + np.arange(n_max), axis=1)
+
+    def prompt_masks(self) -> np.ndarray:
+        """``[n, max P]`` where a prompt position holds the mask token (False after a row's prompt)."""
+        p_max = int(self.prompt_lengths.max())
+        return (self.x[:, :p_max] == self.mask_id) & (np.arange(p_max) < self.prompt_lengths[:, None])
+
+    def concat(self, other: "Canvas") -> "Canvas":
+        """These rows, then ``other``'s; the token array is widened (with the filler) to the wider of the two."""
+        p = np.concatenate([self.prompt_lengths, other.prompt_lengths])
+        n = np.concatenate([self.gen_lengths, other.gen_lengths])
+        width = max(self.width, other.width, int(p.max() + n.max()))
+        x = np.concatenate([pad_columns(self.x, width, self.filler), pad_columns(other.x, width, self.filler)])
+        return Canvas(x=x, prompt_lengths=p, gen_lengths=n, mask_id=self.mask_id, filler=self.filler,
                       device=self.device)
 
 
@@ -129,24 +151,32 @@ def normalize_prompts(input_ids, attention_mask=None) -> list[list[int]]:
     return rows
 
 
-def build_canvas(prompts: list[list[int]], max_new_tokens: int, *, mask_id: int, pad_id: int, vocab_size: int,
+def build_canvas(prompts: list[np.ndarray], gen_lengths: list[int], *, mask_id: int, filler: int,
                  device: torch.device) -> Canvas:
-    """Left-pad the prompts with ``pad_id`` and append ``max_new_tokens`` masks."""
+    """The canvas of new rows: each prompt (validated ids, see :func:`check_prompt`) followed by its masks."""
+    p = np.array([len(r) for r in prompts], dtype=np.int64)
+    n = np.array(gen_lengths, dtype=np.int64)
+    x = np.full((len(prompts), int(p.max() + n.max())), filler, dtype=np.int64)
     for i, r in enumerate(prompts):
-        ids = np.asarray(r, dtype=np.int64)
-        bad = ids[(ids < 0) | (ids >= vocab_size)]
-        if bad.size:
-            raise GenerationError(f"prompt {i} holds token id {bad[0]} outside the vocabulary [0, {vocab_size})")
-    lengths = np.array([len(r) for r in prompts], dtype=np.int64)
-    g = int(lengths.max())
-    x = np.full((len(prompts), g + max_new_tokens), mask_id, dtype=np.int64)
-    padded = bool((lengths != g).any())
-    mask = np.ones_like(x) if padded else None
-    for i, r in enumerate(prompts):
-        x[i, g - len(r) : g] = r
-        if padded:
-            x[i, : g - len(r)] = pad_id
-            mask[i, : g - len(r)] = 0
-    return Canvas(x=x, attention_mask=None if mask is None else torch.from_numpy(mask).to(device),
-                  rows=np.arange(len(prompts)), prompt_lengths=lengths, gen_start=g, mask_id=mask_id,
-                  device=torch.device(device))
+        x[i, : p[i]] = r
+        x[i, p[i] : p[i] + n[i]] = mask_id
+    return Canvas(x=x, prompt_lengths=p, gen_lengths=n, mask_id=mask_id, filler=filler, device=torch.device(device))
+
+
+def check_prompt(prompt, label, vocab_size: int) -> np.ndarray:
+    """One prompt as an int64 array, or a :class:`GenerationError` naming it (``prompt {label} ...``)."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dtype.is_floating_point or prompt.dtype == torch.bool or prompt.ndim != 1:
+            raise GenerationError(f"prompt {label} must be a 1-D tensor of integer token ids, got "
+                                  f"{prompt.dtype} of shape {tuple(prompt.shape)}")
+        prompt = prompt.tolist()
+    if not isinstance(prompt, (list, tuple, np.ndarray)) or not all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
+        raise GenerationError(f"prompt {label} must be a list of integer token ids, got {type(prompt).__name__}")
+    if len(prompt) == 0:
+        raise GenerationError(f"prompt {label} is empty; every row needs at least one token")
+    ids = np.asarray(prompt, dtype=np.int64)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise GenerationError(f"prompt {label} holds token id {bad[0]} outside the vocabulary [0, {vocab_size})")
+    return ids

@@ -1,109 +1,464 @@
-"""The decoding engine: one loop for every method, owning the batch, the KV cache and the forward passes.
+"""The decoding engine: the one decoding loop of the code base, owning the batch, the KV cache and the forwards.
 
-Each iteration::
+It is step-wise, so that a server can drive it and rows can join and leave a running batch::
 
-    plan = method.plan(...)          # per row: finished?  forward slice [start, end)?  cache length after?
-    retire finished rows             # they stop changing and stop costing compute
-    logits = one model forward       # over the union of the rows' slices, each row writing its own cache slots
-    commit = method.commit(...)      # which masked positions get which tokens
-    apply commit, record commit steps, count NFE, call the callback
-    method.update(...)               # bookkeeping
+    engine = d3llm.Engine(model, "multi_block", threshold=0.5, block_size=32, cache_delay_iter=1)   # shared setting
+    a = engine.add_request(ids_a, max_new_tokens=256, temperature=0.0)        # per-row parameters
+    b = engine.add_request(ids_b, max_new_tokens=64, seed=7, temperature=0.7, request_id="req-b")
+    while engine.has_work:
+        for event in engine.step():          # one forward for every active row
+            event.new_tokens                  # committed text since the last event (cut at the first EOS)
+            if event.finished:
+                event.finish_reason, event.output.tokens, event.output.nfe
+    engine.cancel(a)                          # the row leaves at the next step
 
-The canvas lives on the host; the device sees the slice each forward needs and returns logits, of which the method
-scores only the positions it may commit. Rows leave the batch as soon as they finish: their canvas is copied out
-and the canvas, the cache and the method state are compacted to the remaining rows.
+* ``Engine(model, method, **params)`` fixes the method and the parameters every row shares (``block_size``,
+  ``cache``, ``cache_delay_iter``, ...); they are resolved and validated once, with the messages of
+  :func:`d3llm.generate`.
+* ``add_request(prompt, *, request_id=None, seed=None, eos_token_id=None, **params)`` queues a request. ``params``
+  may set the method's per-row parameters (``Engine.per_row_params``: ``max_new_tokens``, ``temperature``, ``steps``,
+  ``threshold`` where the method has them); they are resolved and validated like ``generate``'s, and a bad request
+  (empty prompt, prompt too long, unknown or shared parameter, out-of-range value) raises
+  :class:`~d3llm.errors.GenerationError` for that request alone: nothing is queued and no other row is touched.
+  Returns the request id (by default 0, 1, 2, ... in the order of arrival).
+* ``step()`` admits waiting requests (at most ``max_batch`` active rows), runs one decoding step for every active
+  row and returns a :class:`RowEvent` per row that committed something or finished. Rows join at step boundaries,
+  and a row leaves the batch the moment its method says it is finished or it is cancelled: it releases its cache
+  row and costs no compute from the next step on (``engine.stats`` counts the positions each row forwards).
+* ``cancel(request_id)``: the row (or waiting request) finishes at the next step with ``finish_reason ==
+  "cancelled"``.
+
+Streaming contract: ``RowEvent.new_tokens`` only ever holds *committed* tokens of the row's *committed prefix*
+(generated positions ``[0, prefix_length)``, all of them unmasked). Decoders never change a committed position, and
+a new end-of-text can only appear at a masked position, i.e. after the prefix, so no later step can change this
+text; it is cut at the first end-of-text (positions after it may still be rewritten, e.g. by early stop).
+``finish_reason`` is ``"stop"`` (an end-of-text was generated), ``"length"`` (the generation filled
+``max_new_tokens``, or hit the step cap) or ``"cancelled"``.
+
+Each step::
+
+    admit waiting rows: canvas rows, method state, cache rows     (rows are independent: see methods/base.py)
+    plan = method.plan(...)      # per row: finished?  forward positions [start, end)?  cache length after?
+                                 #          positions it needs logits for
+    retire finished rows         # they stop changing and stop costing compute
+    logits = forward(...)        # the rows' slices, each against its own cached prefix
+    commit = method.commit(...)  # which masked positions get which tokens
+    apply, record commit steps, count NFE, emit events
+    method.update(...)
+
+The canvas lives on the host; the device sees the slices each forward needs and returns logits only at the
+positions the method scores.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
 
 import numpy as np
 import torch
 
-from d3llm.cache.kv_cache import KVCache
-from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, StepPlan
-from d3llm.decoding.result import StepEvent
+from d3llm.decoding.canvas import Canvas, build_canvas, check_prompt
+from d3llm.decoding.defaults import resolve_decoder, resolve_eos
+from d3llm.decoding.methods.base import Commit, RowSetup, StepPlan
+from d3llm.decoding.params import Params
+from d3llm.decoding.rows import RowTable
+from d3llm.errors import GenerationError
 
-MAX_STEPS = 10000  # safety cap, as in the reference
+MAX_STEPS = 10000  # safety cap per row, as in the reference
 
 
-class DecodingEngine:
-    def __init__(self, model, method: DecodingMethod, canvas: Canvas, *,
-                 callback: Callable[[StepEvent], None] | None = None, max_steps: int = MAX_STEPS) -> None:
+def too_long_message(label, length: int, params: Params, limit: int, others: int = 0) -> str:
+    """The error for prompt ``label`` of ``length`` tokens that leaves no room for ``params.max_new_tokens``."""
+    room = limit - params.max_new_tokens
+    more = f" (and {others} more prompt(s))" if others else ""
+    return (f"prompt {label} has {length} tokens; with {params.show('max_new_tokens')} that is "
+            f"{length + params.max_new_tokens}, more than the model's maximum length {limit}{more}; shorten the "
+            f"prompt to at most {max(room, 0)} tokens or lower max_new_tokens")
+
+
+@dataclass
+class RequestOutput:
+    """The outcome of a finished request.
+
+    Attributes:
+        request_id: as given to (or returned by) ``add_request``.
+        prompt: the prompt ids.
+        generated: ``[N]`` the final generation region (EOS padding included; masks only if cut off).
+        commit_step: ``[N]`` the row's step (0-based forward index) after which each position stopped being
+            masked; -1 for a position still masked.
+        tokens: the generated ids before the first end-of-text.
+        nfe: forward passes the row took part in.
+        finish_reason: ``"stop"``, ``"length"`` or ``"cancelled"``.
+    """
+
+    request_id: Hashable
+    prompt: list[int]
+    generated: np.ndarray
+    commit_step: np.ndarray
+    tokens: list[int]
+    nfe: int
+    finish_reason: str
+
+
+@dataclass
+class RowEvent:
+    """What one step did to one row (see the module docstring for the streaming contract).
+
+    Attributes:
+        request_id: the request.
+        step: the row's step index (its forwards before this one); None when the row left without a forward.
+        prefix_length: generated positions ``[0, prefix_length)`` are committed and final.
+        new_tokens: tokens of the committed prefix not reported before, cut at the first end-of-text.
+        finished, finish_reason, output: set when the row left the batch in this step.
+    """
+
+    request_id: Hashable
+    step: int | None
+    prefix_length: int
+    new_tokens: list[int]
+    finished: bool = False
+    finish_reason: str | None = None
+    output: RequestOutput | None = None
+    _commit: tuple | None = field(default=None, repr=False)
+
+    @property
+    def committed(self) -> np.ndarray:
+        """Generated positions (0-based) committed in this step, in increasing order."""
+        if self._commit is None:
+            return np.zeros(0, dtype=np.int64)
+        transfer, positions, gen_start = self._commit
+        return np.sort(positions[transfer]) - gen_start
+
+
+@dataclass
+class EngineStats:
+    """Counters of the work done (what tests and the server's metrics read).
+
+    Attributes:
+        steps: steps that ran a forward; forwards: row forwards (the sum of every row's NFE).
+        positions: positions forwarded, summed over rows and steps.
+        last_positions: request id -> positions that row forwarded in the last step (empty: no forward).
+        model_time: seconds inside model forwards.
+    """
+
+    steps: int = 0
+    forwards: int = 0
+    positions: int = 0
+    last_positions: dict = field(default_factory=dict)
+    model_time: float = 0.0
+
+
+@dataclass
+class _Request:
+    request_id: Hashable
+    prompt: np.ndarray
+    params: Params
+    eos_id: int | None
+    generator: torch.Generator | None
+
+
+@dataclass
+class _Rows(RowTable):
+    """The engine's own per-row bookkeeping."""
+
+    row_fields = {"requests": None, "caches": None, "nfe": 0, "commit_step": -1, "prefix": 0, "stopped": False,
+                  "eos": -1, "cancelled": False}
+    requests: list  # [n] _Request
+    caches: list  # [n] the row's KV cache (None without one)
+    nfe: np.ndarray  # [n]
+    commit_step: np.ndarray  # [n, max N]
+    prefix: np.ndarray  # [n] committed prefix already reported
+    stopped: np.ndarray  # [n] an end-of-text was reported: nothing more to stream
+    eos: np.ndarray  # [n] end-of-text id (-1: none)
+    cancelled: np.ndarray  # [n]
+
+
+class Engine:
+    """Step-wise decoding of requests that join and leave a running batch (see the module docstring)."""
+
+    def __init__(self, model, method: str | None = None, *, mask_id: int | None = None,
+                 eos_token_id: int | None = None, max_batch: int | None = None, max_steps: int = MAX_STEPS,
+                 **params: Any) -> None:
         self.model = model
-        self.method = method
-        self.canvas = canvas
-        self.callback = callback
+        self.method_name, self.method_class, _ = resolve_decoder(model, method, {})
+        self.shared_params = self._canonical(params)
+        self.params = self._resolve(self.shared_params)
+        config = model.config
+        mask_id = config.mask_token_id if mask_id is None else mask_id
+        if mask_id is None:
+            raise GenerationError("the model config has no mask_token_id; pass mask_id=...")
+        self.vocab_size = config.padded_vocab_size
+        self._check_token_id("mask_id", mask_id)
+        self.mask_id = mask_id
+        self.eos_id = self._row_eos(eos_token_id)
+        self.method = self.method_class(self.params, family=model.family, mask_id=mask_id)
+        self.method.check_row(self.params)
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise GenerationError(f"max_batch must be a positive integer, got {max_batch!r}")
+        self.max_batch = max_batch
         self.max_steps = max_steps
-        self.model_time = 0.0
-        self._sync = canvas.device.type == "cuda"
+        self.device = model.device
+        self.stats = EngineStats()
+        self._sync = self.device.type == "cuda"
+        self._waiting: deque[_Request] = deque()
+        self._ids = itertools.count()
+        self._known: set = set()
+        self._cancel: set = set()
+        self.canvas: Canvas | None = None
+        self.state = None
+        self.rows: _Rows | None = None
+        self.last_commit: Commit | None = None
 
-    def run(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Decode until every row finishes. Returns host arrays: final canvases ``[B, L]``, NFE ``[B]`` and commit
-        steps ``[B, N]``."""
-        canvas, method = self.canvas, self.method
-        batch, g = canvas.size, canvas.gen_start
-        out = canvas.x.copy()
-        nfe = np.zeros(batch, dtype=np.int64)
-        steps_all = np.full((batch, canvas.gen_length), -1, dtype=np.int64)
-        steps = steps_all.copy()  # rows still decoding
-        state = method.init_state(canvas)
-        cache = self.model.new_cache(batch, canvas.length) if method.uses_cache else None
+    # -- parameters ----------------------------------------------------------------------------------------------
+    @property
+    def per_row_params(self) -> tuple[str, ...]:
+        """Parameters a request may set for its own row (besides ``seed`` and ``eos_token_id``)."""
+        return self.method_class.Params.per_row
 
-        for step in range(self.max_steps):
-            plan = method.plan(canvas, state, step)
+    def _canonical(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameter names with the aliases (``gen_length``, ``block_length``) replaced, so that shared and per-row
+        values merge (a name given twice is passed on as it is, for the resolution to report)."""
+        aliases = self.method_class.Params.aliases
+        targets = [aliases.get(k, k) for k in params]
+        if len(set(targets)) < len(targets):
+            return dict(params)
+        return dict(zip(targets, params.values()))
+
+    def _resolve(self, params: dict[str, Any]) -> Params:
+        """The one place where a row's decoder parameters are resolved (the caller's values, then the model
+        folder's defaults, then the method's) and validated."""
+        return resolve_decoder(self.model, self.method_name, params)[2]
+
+    def _check_token_id(self, name: str, value: Any) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or not 0 <= value < self.vocab_size):
+            raise GenerationError(f"{name}={value!r} is not a token id of this model's vocabulary "
+                                  f"[0, {self.vocab_size})")
+
+    def _row_eos(self, eos_token_id: Any) -> int | None:
+        self._check_token_id("eos_token_id", eos_token_id)
+        eos = resolve_eos(self.model, None if eos_token_id is None else int(eos_token_id))
+        if eos == self.mask_id:
+            raise GenerationError(f"eos_token_id and mask_id are both {self.mask_id}; they must differ")
+        return eos
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def add_request(self, prompt, *, request_id: Hashable | None = None, seed: int | None = None,
+                    eos_token_id: int | None = None, **params: Any) -> Hashable:
+        """Queue a request (see the module docstring); returns its id. Raises :class:`GenerationError` for a bad
+        request, leaving the engine as it was."""
+        label = next(self._ids) if request_id is None else request_id
+        if label in self._known:
+            raise GenerationError(f"request id {label!r} is already in use")
+        own = self._canonical(params)
+        fields = {f for f in self.method_class.Params.__dataclass_fields__}
+        for key in own:
+            if key in fields and key not in self.per_row_params:
+                raise GenerationError(
+                    f"{self.method_name}: parameter '{key}' is shared by every row and cannot be set per request "
+                    f"(set it when the engine is created); per-request parameters: "
+                    f"{', '.join((*self.per_row_params, 'seed', 'eos_token_id'))}")
+        resolved = self._resolve({**self.shared_params, **own}) if own else self.params
+        self.method.check_row(resolved)
+        eos = self.eos_id if eos_token_id is None else self._row_eos(eos_token_id)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise GenerationError(f"seed must be an integer, got {seed!r}")
+        ids = check_prompt(prompt, label, self.vocab_size)
+        if len(ids) + resolved.max_new_tokens > self.model.config.max_length:
+            raise GenerationError(too_long_message(label, len(ids), resolved, self.model.config.max_length))
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(seed))
+        self._known.add(label)
+        self._waiting.append(_Request(label, ids, resolved, eos, generator))
+        return label
+
+    def cancel(self, request_id: Hashable) -> bool:
+        """Cancel a waiting or running request (it finishes at the next step). False if it is unknown or done."""
+        if request_id not in self._known:
+            return False
+        self._cancel.add(request_id)
+        return True
+
+    @property
+    def num_active(self) -> int:
+        return 0 if self.canvas is None else self.canvas.size
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting) or self.num_active > 0
+
+    @property
+    def active_ids(self) -> list:
+        return [] if self.rows is None else [r.request_id for r in self.rows.requests]
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def step(self) -> list[RowEvent]:
+        """One decoding step for every active row (after admitting waiting requests). Returns the events."""
+        events: list[RowEvent] = []
+        self.stats.last_positions = {}
+        with torch.inference_mode():
+            self._admit(events)
+            if self.canvas is None:
+                return events
+            cut = self.rows.cancelled | (self.rows.nfe >= self.max_steps)
+            if cut.any():
+                self._retire(np.flatnonzero(cut), events, reason=None)
+                if self.canvas is None:
+                    return events
+            plan = self.method.plan(self.canvas, self.state)
             if not plan.run.all():
-                gone = np.flatnonzero(~plan.run)
-                finished = steps[gone]
-                self._record(canvas.x[gone, g:], finished, step)  # e.g. early-stop fills
-                out[canvas.rows[gone]] = canvas.x[gone]
-                steps_all[canvas.rows[gone]] = finished
-                keep = np.flatnonzero(plan.run)
-                if keep.size == 0:
-                    break
-                canvas, steps, plan, state = canvas.select(keep), steps[keep], plan.select(keep), state.select(keep)
-                if cache is not None:
-                    cache = cache.select_rows(keep)
-            logits, offset = self._forward(canvas, cache, plan)
-            commit = method.commit(canvas, state, logits, offset, plan)
+                self._retire(np.flatnonzero(~plan.run), events, reason="done", plan=plan)
+                if self.canvas is None:
+                    return events
+                plan = plan.select(np.flatnonzero(plan.run))
+            canvas, state, rows = self.canvas, self.state, self.rows
+            logits = self._forward(plan)
+            commit = self.method.commit(canvas, state, logits, plan)
             commit.apply(canvas.x)
-            self._record(canvas.x[:, g:], steps, step)
-            nfe[canvas.rows] += 1
-            if self.callback is not None:
-                self.callback(self._event(canvas, commit, step))
-            method.update(canvas, state, commit)
-        else:  # the step cap: keep whatever is decoded
-            out[canvas.rows] = canvas.x
-            steps_all[canvas.rows] = steps
-        return out, nfe, steps_all
+            self._record()
+            steps = rows.nfe.copy()
+            rows.nfe += 1
+            self.last_commit = commit
+            self._progress(events, steps, commit)
+            self.method.update(canvas, state, commit)
+        return events
 
-    def _forward(self, canvas: Canvas, cache: KVCache | None, plan: StepPlan) -> tuple[torch.Tensor, int]:
-        t0 = time.perf_counter()
-        if cache is None:
-            logits = self.model(canvas.tokens(), attention_mask=canvas.attention_mask).logits
-            offset = 0
+    def _admit(self, events: list[RowEvent]) -> None:
+        """Waiting requests join the batch (cancelled ones finish without running)."""
+        joining = []
+        room = None if self.max_batch is None else self.max_batch - self.num_active
+        while self._waiting and (room is None or len(joining) < room):
+            req = self._waiting.popleft()
+            if req.request_id in self._cancel:
+                self._cancel.discard(req.request_id)
+                self._known.discard(req.request_id)
+                n = req.params.max_new_tokens
+                out = RequestOutput(req.request_id, req.prompt.tolist(), np.full(n, self.mask_id),
+                                    np.full(n, -1), [], 0, "cancelled")
+                events.append(RowEvent(req.request_id, None, 0, [], True, "cancelled", out))
+                continue
+            joining.append(req)
+        if self.rows is not None and self._cancel:
+            ids = [r.request_id for r in self.rows.requests]
+            self.rows.cancelled |= np.array([i in self._cancel for i in ids])
+        if not joining:
+            return
+        gen_lengths = [r.params.max_new_tokens for r in joining]
+        canvas = build_canvas([r.prompt for r in joining], gen_lengths, mask_id=self.mask_id, filler=-1,
+                              device=self.device)
+        state = self.method.init_state(canvas, [RowSetup(r.params, r.eos_id, r.generator) for r in joining])
+        n = len(joining)
+        caches = [self.model.new_cache(1, int(canvas.lengths[i])) if self.method.uses_cache else None
+                  for i in range(n)]
+        rows = _Rows(requests=joining, caches=caches, nfe=np.zeros(n, dtype=np.int64),
+                     commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64), prefix=np.zeros(n, dtype=np.int64),
+                     stopped=np.zeros(n, dtype=bool),
+                     eos=np.array([-1 if r.eos_id is None else r.eos_id for r in joining], dtype=np.int64),
+                     cancelled=np.zeros(n, dtype=bool))
+        if self.canvas is None:
+            self.canvas, self.state, self.rows = canvas, state, rows
         else:
-            s, e = int(plan.start.min()), int(plan.end.max())
-            uniform = bool((plan.start == s).all() and (plan.end == e).all())
-            write_range = None if uniform else (plan.start, plan.end)
-            logits = self.model(canvas.tokens(s, e), attention_mask=canvas.attention_mask, cache=cache, start=s,
-                                append=0, write_range=write_range).logits
-            cache.lengths = plan.cache_length  # planned by the method, within [0, canvas length]
-            offset = s
+            self.canvas = self.canvas.concat(canvas)
+            self.state = self.state.concat(state)
+            self.rows = self.rows.concat(rows)
+
+    def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None, plan: StepPlan | None = None
+                ) -> None:
+        """Rows ``gone`` leave the batch: their outputs are final, their cache rows are released."""
+        self._record()  # e.g. early-stop fills made by this step's plan
+        canvas, rows = self.canvas, self.rows
+        gen = canvas.gen()
+        for i in gone.tolist():
+            req = rows.requests[i]
+            n = int(canvas.gen_lengths[i])
+            generated = gen[i, :n].copy()
+            tokens = generated.tolist()
+            if req.eos_id is not None and req.eos_id in tokens:
+                tokens = tokens[: tokens.index(req.eos_id)]
+            why = reason
+            if why is None:
+                why = "cancelled" if rows.cancelled[i] else "length"
+            elif why == "done":
+                why = "stop" if len(tokens) < n else "length"
+            out = RequestOutput(req.request_id, req.prompt.tolist(), generated, rows.commit_step[i, :n].copy(),
+                                tokens, int(rows.nfe[i]), why)
+            prefix, new = self._prefix(i, gen[i], n)
+            events.append(RowEvent(req.request_id, None, prefix, new, True, why, out))
+            self._known.discard(req.request_id)
+            self._cancel.discard(req.request_id)
+        keep = np.setdiff1d(np.arange(canvas.size), gone)
+        if keep.size == 0:
+            self.canvas = self.state = self.rows = None
+            return
+        self.canvas, self.state, self.rows = canvas.select(keep), self.state.select(keep), rows.select(keep)
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
+        """Logits ``[n, K, V]`` at ``plan.score_pos``: each row forwards ``[start, end)`` against its own cache."""
+        t0 = time.perf_counter()
+        canvas, rows = self.canvas, self.rows
+        out = []
+        for i in range(canvas.size):
+            s, e = int(plan.start[i]), int(plan.end[i])
+            ids = torch.from_numpy(canvas.x[i : i + 1, s:e]).to(self.device)
+            if self.method.uses_cache:
+                cache = rows.caches[i]
+                logits = self.model(ids, cache=cache, start=s, append=0).logits[0]
+                cache.lengths[:] = plan.cache_length[i]
+            else:
+                logits = self.model(ids).logits[0]
+            at = np.clip(plan.score_pos[i] - s, 0, e - s - 1)
+            out.append(logits.index_select(0, torch.from_numpy(at).to(self.device)))
+        logits = torch.stack(out)
         if self._sync:
-            torch.cuda.synchronize(canvas.device)
-        self.model_time += time.perf_counter() - t0
-        return logits, offset
+            torch.cuda.synchronize(self.device)
+        spent = time.perf_counter() - t0
+        positions = plan.end - plan.start
+        self.stats.model_time += spent
+        self.stats.steps += 1
+        self.stats.forwards += canvas.size
+        self.stats.positions += int(positions.sum())
+        self.stats.last_positions = dict(zip(self.active_ids, positions.tolist()))
+        return logits
 
-    def _record(self, gen: np.ndarray, steps: np.ndarray, step: int) -> None:
-        """Positions of the generation region that stopped being masked get this step's index (in place)."""
-        steps[(gen != self.canvas.mask_id) & (steps < 0)] = step
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def _record(self) -> None:
+        """Generated positions that stopped being masked get the row's current step index (its NFE)."""
+        gen = self.canvas.gen()
+        steps = self.rows.commit_step[:, : gen.shape[1]]
+        newly = (gen != self.mask_id) & (steps < 0)
+        if newly.any():
+            steps[newly] = np.broadcast_to(self.rows.nfe[:, None], steps.shape)[newly]
 
-    def _event(self, canvas: Canvas, commit: Commit, step: int) -> StepEvent:
-        committed = np.zeros(canvas.x.shape, dtype=bool)
-        np.put_along_axis(committed, commit.columns(), commit.transfer, axis=1)
-        return StepEvent(step=step, rows=canvas.rows.tolist(), canvas=canvas.x, committed=committed,
-                         gen_start=canvas.gen_start, block_size=getattr(self.method.params, "block_size", None))
+    def _prefix(self, i: int, gen_row: np.ndarray, n: int) -> tuple[int, list[int]]:
+        """Row i's committed prefix length and the part of it not reported yet (cut at the first EOS)."""
+        rows = self.rows
+        masked = np.flatnonzero(gen_row[:n] == self.mask_id)
+        prefix = int(masked[0]) if masked.size else n
+        new: list[int] = []
+        if prefix > rows.prefix[i] and not rows.stopped[i]:
+            new = gen_row[rows.prefix[i] : prefix].tolist()
+            eos = int(rows.eos[i])
+            if eos >= 0 and eos in new:
+                new = new[: new.index(eos)]
+                rows.stopped[i] = True
+            rows.prefix[i] = prefix
+        return prefix, new
+
+    def _progress(self, events: list[RowEvent], steps: np.ndarray, commit: Commit) -> None:
+        canvas, rows = self.canvas, self.rows
+        gen = canvas.gen()
+        lengths = canvas.gen_lengths
+        for i, req in enumerate(rows.requests):
+            prefix, new = self._prefix(i, gen[i], int(lengths[i]))
+            events.append(RowEvent(req.request_id, int(steps[i]), prefix, new,
+                                   _commit=(commit.transfer[i], commit.positions[i], int(canvas.gen_start[i]))))

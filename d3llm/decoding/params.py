@@ -31,6 +31,8 @@ class Params:
     """Base of the per-method parameter dataclasses (reference names and defaults)."""
 
     aliases: ClassVar[dict[str, str]] = {"gen_length": "max_new_tokens", "block_length": "block_size"}
+    # fields a request may set for its own row of a running batch (the others are shared by every row)
+    per_row: ClassVar[tuple[str, ...]] = ("max_new_tokens", "temperature")
     # fields a model folder's defaults may not set for this method (e.g. Dream's single-block vanilla decoder)
     no_folder_default: ClassVar[frozenset[str]] = frozenset()
 

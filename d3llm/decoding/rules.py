@@ -90,6 +90,40 @@ def random_scores(shape, device, generator: torch.Generator | None) -> torch.Ten
     return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
 
 
+# -- per-row randomness ---------------------------------------------------------------------------------------------
+# A row's draws come from its own generator over its own entries (the first ``widths[i]`` of its row), in the order
+# a batch of one would draw them, so seeded sampling repeats per row whatever the batch around it. Rows at
+# temperature 0 draw nothing and are handled vectorised.
+
+def sample_rows(sampler, logits: torch.Tensor, temperature: np.ndarray, widths: np.ndarray, generators: list):
+    """``sampler(logits, temperature, generator)`` (returning a tensor ``[rows, K]`` or a tuple of them) applied
+    with each row's own temperature and generator to its first ``widths[i]`` entries; rows at temperature 0 run
+    together with temperature 0 and no generator. Entries past a row's width are unspecified."""
+    hot = np.flatnonzero(temperature > 0)
+    out = sampler(logits, 0.0, None) if hot.size < temperature.size else None
+    for i in hot:
+        w = int(widths[i])
+        got = sampler(logits[i : i + 1, :w], float(temperature[i]), generators[i])
+        single = isinstance(got, torch.Tensor)
+        got = (got,) if single else got
+        if out is None:
+            out = tuple(t.new_zeros((logits.shape[0], logits.shape[1])) for t in got)
+            out = out[0] if single else out
+        for dst, src in zip((out,) if single else out, got):
+            dst[i, :w] = src[0]
+    return out
+
+
+def random_rows(widths: np.ndarray, k: int, generators: list, device, dtype=torch.float64) -> torch.Tensor:
+    """``[n, k]`` Uniform(0, 1) draws, row i drawing its first ``widths[i]`` entries (the rest 0)."""
+    if len(widths) == 1 and widths[0] == k:
+        return torch.rand((1, k), dtype=dtype, device=device, generator=generators[0])
+    out = torch.zeros((len(widths), k), dtype=dtype, device=device)
+    for i, w in enumerate(widths.tolist()):
+        out[i, :w] = torch.rand((1, w), dtype=dtype, device=device, generator=generators[i])[0]
+    return out
+
+
 def filter_top_p_top_k(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
     """Dream's nucleus and top-k filtering: removed entries get the dtype's minimum (not -inf)."""
     floor = torch.finfo(logits.dtype).min

@@ -38,13 +38,14 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, RowSetup, StepPlan
 from d3llm.decoding.params import Params
 from d3llm.errors import GenerationError
 
 
 @dataclass
 class VanillaParams(Params):
+    per_row = ("max_new_tokens", "steps", "temperature")
     steps: int | None = None  # None: follows max_new_tokens (one token per forward)
     max_new_tokens: int = 128
     block_size: int = 128
@@ -69,6 +70,7 @@ class VanillaParams(Params):
 
 @dataclass
 class BlockEntropyParams(VanillaParams):
+    per_row = ("max_new_tokens", "steps", "temperature", "threshold")
     threshold: float = 0.5
 
     def validate(self, method: str) -> None:
@@ -78,6 +80,7 @@ class BlockEntropyParams(VanillaParams):
 
 @dataclass
 class FastDLLMParams(VanillaParams):
+    per_row = ("max_new_tokens", "steps", "temperature", "threshold")
     threshold: float | None = 0.9
     cache: str = "dual"
 
@@ -89,30 +92,37 @@ class FastDLLMParams(VanillaParams):
 
 @dataclass
 class BlockState(MethodState):
-    row_fields = ("block", "step", "quota", "inner", "done", "left")
+    row_fields = {"block": 0, "step": 0, "quota": 0, "inner": False, "done": False, "left": 0, "blocks": 1,
+                  "steps_per_block": 1, "first": 0, "temperature": 0.0, "threshold": np.nan, "generators": None}
     block: np.ndarray  # [n] current generation block (0-based)
     step: np.ndarray  # [n] steps taken in the current block
     quota: np.ndarray  # [n, steps per block] tokens to commit at each step (quota mode)
     inner: np.ndarray  # [n] the block-initial forward is done (cached Fast-dLLM, Dream Fast-dLLM)
     done: np.ndarray  # [n] every block is decoded
-    left: np.ndarray | None = None  # [n] masks left in the current block
-    prompt_has_masks: bool = False
+    left: np.ndarray  # [n] masks left in the current block
+    blocks: np.ndarray  # [n] generation blocks of the row
+    steps_per_block: np.ndarray  # [n] steps / blocks
+    first: np.ndarray  # [n] first candidate position (0 when the prompt holds masks, else the generation start)
+    temperature: np.ndarray  # [n]
+    threshold: np.ndarray  # [n] NaN: none (Fast-dLLM's quota schedule; vanilla)
+    generators: list  # [n] torch.Generator or None
 
 
 class BlockSequential(DecodingMethod):
-    """Shared loop of ``vanilla``, ``block_entropy`` and ``fast_dllm``; ``rule`` picks the commit rule."""
+    """Shared step rules of ``vanilla``, ``block_entropy`` and ``fast_dllm``; ``rule`` picks the commit rule."""
 
     rule: str = "quota"  # quota | entropy | confidence
 
     def __init__(self, params, **kwargs) -> None:
         super().__init__(params, **kwargs)
-        if self.family == "dream":
-            if params.remasking != "low_confidence":
-                raise GenerationError(f"{self.name}: remasking={params.remasking!r} is a LLaDA option; Dream ranks "
-                                      f"by entropy or confidence")
-            if self.rule == "confidence" and params.threshold is None:
-                raise GenerationError(f"{self.name}: Dream needs a confidence threshold (threshold=None selects "
-                                      f"LLaDA's quota schedule)")
+        if self.family == "dream" and params.remasking != "low_confidence":
+            raise GenerationError(f"{self.name}: remasking={params.remasking!r} is a LLaDA option; Dream ranks "
+                                  f"by entropy or confidence")
+
+    def check_row(self, params) -> None:
+        if self.family == "dream" and self.rule == "confidence" and params.threshold is None:
+            raise GenerationError(f"{self.name}: Dream needs a confidence threshold (threshold=None selects "
+                                  f"LLaDA's quota schedule)")
 
     @property
     def phased(self) -> bool:
@@ -127,92 +137,103 @@ class BlockSequential(DecodingMethod):
     def uses_cache(self) -> bool:
         return self.cache_mode != "none"
 
-    @property
-    def steps_per_block(self) -> int:
-        p = self.params
-        return p.steps // (p.max_new_tokens // p.block_size)
-
-    def _quota(self, masks: np.ndarray) -> np.ndarray:
-        """``[n, s]`` quota schedule from the masks of each row's block when it starts."""
-        s = self.steps_per_block
-        base, rem = masks // s, masks % s
-        return base[:, None] + (np.arange(s)[None, :] < rem[:, None])
+    @staticmethod
+    def _quota(masks: np.ndarray, steps: np.ndarray, width: int) -> np.ndarray:
+        """``[n, width]`` quota schedule from the masks of each row's block when it starts (``steps`` ``[n]`` steps
+        per block, at most ``width``; entries past a row's steps are unused)."""
+        base, rem = masks // steps, masks % steps
+        return base[:, None] + (np.arange(width)[None, :] < rem[:, None])
 
     def _block_counts(self, canvas: Canvas) -> np.ndarray:
-        """``[n, blocks]`` masks left in every generation block."""
-        gen = canvas.x[:, canvas.gen_start:]
-        return (gen == canvas.mask_id).reshape(canvas.size, -1, self.params.block_size).sum(-1)
+        """``[n, max blocks]`` masks left in every generation block (0 for blocks past a row's end)."""
+        return (canvas.gen() == canvas.mask_id).reshape(canvas.size, -1, self.params.block_size).sum(-1)
 
-    def init_state(self, canvas: Canvas) -> BlockState:
+    def init_state(self, canvas: Canvas, rows: list[RowSetup]) -> BlockState:
         n = canvas.size
         counts = self._block_counts(canvas)
-        prompt_masks = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
+        blocks = canvas.gen_lengths // self.params.block_size
+        steps_per_block = self.row_values(rows, "steps", np.int64) // blocks
+        threshold = self.row_values(rows, "threshold") if hasattr(self.params, "threshold") else np.full(n, np.nan)
+        first = np.where(canvas.prompt_masks().any(axis=1), 0, canvas.gen_start)
         return BlockState(block=np.zeros(n, dtype=np.int64), step=np.zeros(n, dtype=np.int64),
-                          quota=self._quota(counts[:, 0]), inner=np.zeros(n, dtype=bool),
-                          done=np.zeros(n, dtype=bool), left=counts[:, 0].copy(), prompt_has_masks=prompt_masks)
+                          quota=self._quota(counts[:, 0], steps_per_block, int(steps_per_block.max())), inner=np.zeros(n, dtype=bool),
+                          done=np.zeros(n, dtype=bool), left=counts[:, 0].copy(), blocks=blocks,
+                          steps_per_block=steps_per_block, first=first,
+                          temperature=self.row_values(rows, "temperature"), threshold=threshold,
+                          generators=[r.generator for r in rows])
 
-    def plan(self, canvas: Canvas, state: BlockState, step: int) -> StepPlan:
+    def plan(self, canvas: Canvas, state: BlockState) -> StepPlan:
         run = ~state.done
-        if not self.uses_cache:
-            return self.full_plan(canvas, run)
-        n, length, b = canvas.size, canvas.length, self.params.block_size
+        b = self.params.block_size
         bs = canvas.gen_start + state.block * b
-        inner = state.inner
-        start = np.where(inner, bs, 0)
+        # candidates: every mask before the block end, from the block start once the block-initial forward is done
+        score_pos, width = self.windows(np.where(state.inner, bs, state.first), bs + b)
+        if not self.uses_cache:
+            return self.full_plan(canvas, run, score_pos, width)
+        length = canvas.lengths
+        start = np.where(state.inner, bs, 0)
         if self.cache_mode == "prefix":
-            end = np.full(n, length, dtype=np.int64)
-            cache_length = bs
+            end, cache_length = length, bs
         else:  # dual
-            end = np.where(inner, bs + b, length)
-            cache_length = np.full(n, length, dtype=np.int64)
-        return StepPlan(run=run, start=start, end=end, cache_length=cache_length)
+            end, cache_length = np.where(state.inner, bs + b, length), length
+        return StepPlan(run=run, start=start, end=end, cache_length=cache_length, score_pos=score_pos,
+                        score_width=width)
 
-    def commit(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, offset: int, plan: StepPlan) -> Commit:
+    def commit(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
         p = self.params
-        bs = canvas.gen_start + state.block * p.block_size
-        be = bs + p.block_size
-        first = 0 if state.prompt_has_masks else canvas.gen_start
-        lo = np.where(state.inner, bs, first)  # block-initial and uncached steps: every mask before the block end
-        w0, w1, cand = self.window_candidates(canvas, lo, be)
-        window = logits[:, w0 - offset : w1 - offset]
+        pos, width = plan.score_pos, plan.score_width
+        cand = np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id
+        if len(width) > 1:
+            cand &= np.arange(pos.shape[1]) < width[:, None]
         if self.family == "dream":
-            return Commit(*self._dream_rule(state, window, cand, bs - w0), start=w0)
-        tokens = rules.gumbel_sample(window, p.temperature, self.generator, exclude=self.mask_id)
+            bs = canvas.gen_start + state.block * p.block_size
+            return Commit(*self._dream_rule(state, logits, cand, width, bs - pos[:, 0]), positions=pos)
+        tokens = rules.sample_rows(lambda l, t, g: rules.gumbel_sample(l, t, g, exclude=self.mask_id), logits,
+                                   state.temperature, width, state.generators)
         if p.remasking == "random":
-            score = rules.random_scores(cand.shape, window.device, self.generator)
+            score = rules.random_rows(width, pos.shape[1], state.generators, logits.device)
         elif self.rule == "entropy":
-            score = rules.entropy(window)
+            score = rules.entropy(logits)
         else:
-            score = rules.confidence(window, tokens)
+            score = rules.confidence(logits, tokens)
         score, tokens = rules.to_host(score, tokens)
+        threshold = state.threshold[:, None]
         if self.rule == "entropy":
-            transfer = rules.commit_entropy_llada(score, cand, p.threshold)
-        elif self.rule == "confidence" and p.threshold is not None:
-            transfer = rules.commit_confidence(score, cand, p.threshold)
+            transfer = rules.commit_entropy_llada(score, cand, threshold)
         else:
-            i = np.minimum(state.step, state.quota.shape[1] - 1)
-            quota = np.where(state.step < state.quota.shape[1], state.quota[np.arange(canvas.size), i], 1)
-            transfer = rules.commit_quota(score, cand, quota)
-        return Commit(transfer, tokens, start=w0)
+            transfer = None
+            by_quota = np.isnan(state.threshold)
+            if self.rule == "confidence" and not by_quota.all():
+                transfer = rules.commit_confidence(score, cand, threshold)
+            if by_quota.any():
+                spb = state.steps_per_block
+                i = np.minimum(state.step, spb - 1)
+                quota = np.where(state.step < spb, state.quota[np.arange(canvas.size), i], 1)
+                by_rank = rules.commit_quota(score, cand, quota)
+                transfer = by_rank if transfer is None else np.where(by_quota[:, None], by_rank, transfer)
+        return Commit(transfer, tokens, positions=pos)
 
-    def _dream_rule(self, state: BlockState, window: torch.Tensor, cand: np.ndarray, block_col: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def _dream_rule(self, state: BlockState, logits: torch.Tensor, cand: np.ndarray, width: np.ndarray,
+                    block_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dream's commit rules (module docstring); ``block_col`` is each row's block start in window columns."""
         p = self.params
         if self.rule == "entropy":
-            tokens = rules.multinomial_sample(window, p.temperature, self.generator, exclude=self.mask_id)
-            h, tokens = rules.to_host(rules.dream_entropy(window), tokens)
-            return rules.commit_lowest_k(h, cand, state.left, p.threshold), tokens
-        conf, tokens = rules.to_host(*rules.dream_sample(window, p.temperature, None, None, "confidence",
-                                                         self.generator, exclude=self.mask_id))
-        transfer = rules.commit_confidence(conf, cand, p.threshold)
+            tokens = rules.sample_rows(lambda l, t, g: rules.multinomial_sample(l, t, g, exclude=self.mask_id),
+                                       logits, state.temperature, width, state.generators)
+            h, tokens = rules.to_host(rules.dream_entropy(logits), tokens)
+            return rules.commit_lowest_k(h, cand, state.left, state.threshold[:, None]), tokens
+        conf, tokens = rules.to_host(*rules.sample_rows(
+            lambda l, t, g: rules.dream_sample(l, t, None, None, "confidence", g, exclude=self.mask_id),
+            logits, state.temperature, width, state.generators))
+        transfer = rules.commit_confidence(conf, cand, state.threshold[:, None])
         first = np.arange(cand.shape[1])[None, :] == block_col[:, None]  # block-initial forward: first position only
         return np.where(state.inner[:, None], transfer, first), tokens
 
     def update(self, canvas: Canvas, state: BlockState, commit: Commit) -> None:
         counts = self._block_counts(canvas)
         rows = np.arange(canvas.size)
-        left = counts[rows, np.minimum(state.block, counts.shape[1] - 1)]
+        last = state.blocks - 1
+        left = counts[rows, np.minimum(state.block, last)]
         state.left = left
         state.step += 1
         if self.phased:
@@ -224,10 +245,10 @@ class BlockSequential(DecodingMethod):
         if finished.any():
             state.block[finished] += 1
             state.step[finished] = 0
-            state.done = state.block >= counts.shape[1]
-            nxt = np.minimum(state.block, counts.shape[1] - 1)
-            state.quota[finished] = self._quota(counts[rows, nxt])[finished]
-            state.left[finished] = counts[rows, nxt][finished]
+            state.done = state.block >= state.blocks
+            nxt = counts[rows, np.minimum(state.block, last)]
+            state.quota[finished] = self._quota(nxt[finished], state.steps_per_block[finished], state.quota.shape[1])
+            state.left[finished] = nxt[finished]
 
 
 class Vanilla(BlockSequential):

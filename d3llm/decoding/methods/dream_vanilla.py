@@ -22,7 +22,7 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, RowSetup, StepPlan
 from d3llm.decoding.params import Params
 from d3llm.errors import GenerationError
 
@@ -31,6 +31,7 @@ _SCORES = {"maskgit_plus": "confidence", "topk_margin": "margin", "entropy": "ne
 
 @dataclass
 class DreamVanillaParams(Params):
+    per_row = ("max_new_tokens", "steps", "temperature")
     steps: int | None = None  # None: follows max_new_tokens
     max_new_tokens: int = 128
     block_size: int | None = None  # accepted only as the whole generation: Dream's vanilla decoder has one block
@@ -63,59 +64,68 @@ class DreamVanillaParams(Params):
 
 @dataclass
 class DreamVanillaState(MethodState):
-    row_fields = ()
-    step: int = 0
-    first: int = 0  # first candidate column (0 when prompts hold masks)
+    row_fields = {"step": 0, "steps": 1, "timesteps": 0.0, "first": 0, "temperature": 0.0, "generators": None}
+    step: np.ndarray  # [n] steps taken
+    steps: np.ndarray  # [n] steps of the row
+    timesteps: np.ndarray  # [n, max steps + 1] float32 linspace(1, eps, steps + 1) of each row
+    first: np.ndarray  # [n] first candidate position (0 when the prompt holds masks)
+    temperature: np.ndarray  # [n]
+    generators: list  # [n]
 
 
 class DreamVanilla(DecodingMethod):
     name = "vanilla"
     Params = DreamVanillaParams
 
-    def __init__(self, params, **kwargs) -> None:
-        super().__init__(params, **kwargs)
-        self.timesteps = torch.linspace(1, params.eps, params.steps + 1)
+    def init_state(self, canvas: Canvas, rows: list[RowSetup]) -> DreamVanillaState:
+        steps = self.row_values(rows, "steps", np.int64)
+        table = np.zeros((len(rows), int(steps.max()) + 1), dtype=np.float32)
+        for i, k in enumerate(steps.tolist()):  # torch's float32 linspace, as the reference computes it
+            table[i, : k + 1] = torch.linspace(1, self.params.eps, k + 1).numpy()
+        return DreamVanillaState(step=np.zeros(len(rows), dtype=np.int64), steps=steps, timesteps=table,
+                                 first=np.where(canvas.prompt_masks().any(axis=1), 0, canvas.gen_start),
+                                 temperature=self.row_values(rows, "temperature"),
+                                 generators=[r.generator for r in rows])
 
-    def init_state(self, canvas: Canvas) -> DreamVanillaState:
-        has = bool((canvas.x[:, : canvas.gen_start] == canvas.mask_id).any())
-        return DreamVanillaState(first=0 if has else canvas.gen_start)
+    def plan(self, canvas: Canvas, state: DreamVanillaState) -> StepPlan:
+        score_pos, width = self.windows(state.first, canvas.lengths)
+        return self.full_plan(canvas, state.step < state.steps, score_pos, width)
 
-    def plan(self, canvas: Canvas, state: DreamVanillaState, step: int) -> StepPlan:
-        return self.full_plan(canvas, np.full(canvas.size, state.step < self.params.steps))
-
-    def commit(self, canvas: Canvas, state: DreamVanillaState, logits: torch.Tensor, offset: int,
-               plan: StepPlan) -> Commit:
-        p, i = self.params, state.step
-        w0, w1 = state.first, canvas.length
-        cand = canvas.x[:, w0:w1] == canvas.mask_id
-        window = logits[:, w0 - offset : w1 - offset]
-        t, s = self.timesteps[i], self.timesteps[i + 1]
-        last = i == p.steps - 1
+    def commit(self, canvas: Canvas, state: DreamVanillaState, logits: torch.Tensor, plan: StepPlan) -> Commit:
+        p = self.params
+        pos, width = plan.score_pos, plan.score_width
+        n, k = pos.shape
+        cand = np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id
+        if n > 1:
+            cand &= np.arange(k) < width[:, None]
+        rows = np.arange(n)
+        t, s = state.timesteps[rows, state.step], state.timesteps[rows, state.step + 1]
+        ratio = np.float32(1) - s / t  # float32, as the reference's 1 - s / t
+        last = state.step == state.steps - 1
+        score_name = "confidence" if p.alg == "origin" else _SCORES[p.alg]
+        score, tokens = rules.sample_rows(
+            lambda l, temp, g: rules.dream_sample(l, temp, p.top_p, p.top_k, score_name, g, exclude=self.mask_id),
+            logits, state.temperature, width, state.generators)
         if p.alg == "origin":
-            _, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, "confidence", self.generator,
-                                           exclude=self.mask_id)
-            u, tokens = rules.to_host(torch.rand(cand.shape, device=window.device, generator=self.generator), tokens)
-            chance = 1.0 if last else float(1 - s / t)
-            return Commit(cand & (u < chance), tokens, start=w0)
-        score, tokens = rules.dream_sample(window, p.temperature, p.top_p, p.top_k, _SCORES[p.alg], self.generator,
-                                           exclude=self.mask_id)
+            u = rules.random_rows(width, k, state.generators, logits.device, dtype=torch.float32)
+            u, tokens = rules.to_host(u, tokens)
+            chance = np.where(last, 1.0, ratio.astype(np.float64))
+            return Commit(cand & (u < chance[:, None]), tokens, positions=pos)
         masks = cand.sum(axis=1)
         # float32 flooring of masks * (1 - s/t), as the reference computes it
-        count = masks if last else (torch.from_numpy(masks).float() * (1 - s / t)).long().numpy()
+        count = np.where(last, masks, (masks.astype(np.float32) * ratio).astype(np.int64))
         if not p.alg_temp:
             score, tokens = rules.to_host(score, tokens)
-            return Commit(rules.commit_quota(score, cand, count), tokens, start=w0)
-        k_max = int(count.max())
+            return Commit(rules.commit_quota(score, cand, count), tokens, positions=pos)
         transfer = np.zeros_like(cand)
-        if k_max > 0:
-            cand_t = torch.from_numpy(cand).to(window.device)
-            weights = torch.softmax(torch.where(cand_t, score, -rules.INF).float() / p.alg_temp, dim=-1)
-            picks, tokens = rules.to_host(torch.multinomial(weights, k_max, generator=self.generator), tokens)
-            keep = np.arange(k_max)[None, :] < count[:, None]
-            np.put_along_axis(transfer, picks, keep, axis=1)
-        else:
-            tokens = rules.to_host(tokens)[0]
-        return Commit(transfer & cand, tokens, start=w0)
+        cand_t = torch.from_numpy(cand).to(logits.device)
+        for i in np.flatnonzero(count > 0):  # positions sampled from softmax(score / alg_temp), per row
+            w = int(width[i])
+            weights = torch.softmax(torch.where(cand_t[i : i + 1, :w], score[i : i + 1, :w], -rules.INF).float()
+                                    / p.alg_temp, dim=-1)
+            picks = torch.multinomial(weights, int(count[i]), generator=state.generators[i])
+            transfer[i, picks[0].cpu().numpy()] = True
+        return Commit(transfer & cand, rules.to_host(tokens)[0], positions=pos)
 
     def update(self, canvas: Canvas, state: DreamVanillaState, commit: Commit) -> None:
         state.step += 1

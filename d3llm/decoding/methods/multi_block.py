@@ -45,12 +45,14 @@ import torch
 
 from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas
-from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
+from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, RowSetup, StepPlan
 from d3llm.decoding.params import Params
+from d3llm.decoding.rows import pad_columns
 
 
 @dataclass
 class MultiBlockParams(Params):
+    per_row = ("max_new_tokens", "temperature", "threshold", "steps")
     steps: int | None = None  # accepted for compatibility with the reference signature; ignored
     max_new_tokens: int = 512
     block_size: int = 32
@@ -81,10 +83,12 @@ class MultiBlockParams(Params):
 
 @dataclass
 class MultiBlockState(MethodState):
-    row_fields = ("created", "masks", "full", "done_at", "cached", "next_block", "cache_len", "has_kv", "nfe",
-                  "any_mask", "eos_pos", "eos_block_masks", "masks_before_eos", "canvas_masks", "snapshot", "spare",
-                  "lo", "a", "f_start", "f_end", "has_f", "pos", "valid", "in_f")
-    created: np.ndarray  # [n, K] block exists (K = blocks + 1, index 0 = prompt)
+    row_fields = {"created": False, "masks": 0, "full": False, "done_at": -1, "cached": False, "next_block": 2,
+                  "cache_len": 0, "has_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1, "eos_block_masks": 0,
+                  "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0, "first": 0,
+                  "eos": -1, "early_stop": False, "temperature": 0.0, "threshold": 0.0, "generators": None}
+    step_fields = ("pos", "valid", "in_f")
+    created: np.ndarray  # [n, K] block exists (K = most blocks + 1, index 0 = prompt)
     masks: np.ndarray  # [n, K] masks left (bookkeeping)
     full: np.ndarray  # [n, K] fully activated
     done_at: np.ndarray  # [n, K] iteration at which the block was first seen finished (-1: not yet)
@@ -95,22 +99,22 @@ class MultiBlockState(MethodState):
     nfe: np.ndarray  # [n] iterations (the reference's NFE counter while decoding)
     # canvas statistics from the last transfer
     any_mask: np.ndarray  # [n] a mask is left in the generation region
-    eos_pos: np.ndarray  # [n] first EOS column in the generation region (-1: none)
+    eos_pos: np.ndarray  # [n] first EOS position in the generation region (-1: none)
     eos_block_masks: np.ndarray  # [n] masks from the EOS block's start to the EOS (inclusive)
     masks_before_eos: np.ndarray  # [n] masks in the generation region up to the EOS
-    canvas_masks: np.ndarray  # [n, blocks] masks per generation block in the canvas
-    start: np.ndarray | None = None  # [K] first column of every block (shared by all rows)
-    end: np.ndarray | None = None  # [K] one past the last column of every block
-    snapshot: np.ndarray | None = None  # [n, L] masks before this iteration's early-stop fill (None: no fill)
-    spare: np.ndarray | None = None  # [n] a prompt column that is no mask (padding entries of a sparse commit)
-    prompt_has_masks: bool = False
+    canvas_masks: np.ndarray  # [n, K - 1] masks per generation block in the canvas
+    # geometry and parameters of each row
+    start: np.ndarray  # [n, K] first position of every block (blocks past a row's end: unused)
+    end: np.ndarray  # [n, K] one past the last position of every block
+    blocks: np.ndarray  # [n] generation blocks of the row
+    first: np.ndarray  # [n] first candidate position without a cache (0 when the prompt holds masks)
+    eos: np.ndarray  # [n] end-of-text id (-1: none)
+    early_stop: np.ndarray  # [n] early stop applies (the parameter and an EOS id)
+    temperature: np.ndarray  # [n]
+    threshold: np.ndarray  # [n]
+    generators: list  # [n]
     # per-iteration values handed from plan() to commit()
-    lo: np.ndarray | None = None
-    a: np.ndarray | None = None
-    f_start: np.ndarray | None = None
-    f_end: np.ndarray | None = None
-    has_f: np.ndarray | None = None
-    pos: np.ndarray | None = None  # [n, K] canvas column of each candidate (padding entries: a spare column)
+    pos: np.ndarray | None = None  # [n, K] position of each candidate (padding entries: any position of the slice)
     valid: np.ndarray | None = None  # [n, K] the entry is a real candidate
     in_f: np.ndarray | None = None  # [n, K] the candidate lies in the row's guaranteed block (None: no row has one)
 
@@ -131,25 +135,17 @@ class MultiBlock(DecodingMethod):
     def uses_cache(self) -> bool:
         return self.params.cache_delay_iter is not None
 
-    @property
-    def early_stop(self) -> bool:
-        return self.params.early_stop and self.eos_id is not None
-
-    # -- geometry ------------------------------------------------------------------------------------------------
-    def _geometry(self, canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
-        b = self.params.block_size
-        k = self.params.max_new_tokens // b + 1
-        start = canvas.gen_start + (np.arange(k) - 1) * b
-        start[0] = 0
-        end = start + b
-        end[0] = canvas.gen_start
-        return start, end
-
     # -- state -----------------------------------------------------------------------------------------------------
-    def init_state(self, canvas: Canvas) -> MultiBlockState:
-        n, p = canvas.size, self.params
-        blocks = p.max_new_tokens // p.block_size
-        k = blocks + 1
+    def init_state(self, canvas: Canvas, rows: list[RowSetup]) -> MultiBlockState:
+        n, p, b = canvas.size, self.params, self.params.block_size
+        g = canvas.gen_start
+        blocks = canvas.gen_lengths // b
+        k = int(blocks.max()) + 1
+        start = g[:, None] + (np.arange(k) - 1) * b
+        start[:, 0] = 0
+        end = start + b
+        end[:, 0] = g
+        eos = np.array([-1 if r.eos_id is None else r.eos_id for r in rows], dtype=np.int64)
         state = MultiBlockState(
             created=np.zeros((n, k), dtype=bool), masks=np.zeros((n, k), dtype=np.int64),
             full=np.zeros((n, k), dtype=bool), done_at=np.full((n, k), -1, dtype=np.int64),
@@ -157,36 +153,34 @@ class MultiBlock(DecodingMethod):
             cache_len=np.zeros(n, dtype=np.int64), has_kv=np.zeros(n, dtype=bool), nfe=np.zeros(n, dtype=np.int64),
             any_mask=np.ones(n, dtype=bool), eos_pos=np.full(n, -1, dtype=np.int64),
             eos_block_masks=np.zeros(n, dtype=np.int64), masks_before_eos=np.zeros(n, dtype=np.int64),
-            canvas_masks=np.full((n, blocks), p.block_size, dtype=np.int64),
+            canvas_masks=np.full((n, k - 1), b, dtype=np.int64), start=start, end=end, blocks=blocks,
+            first=np.where(canvas.prompt_masks().any(axis=1), 0, g), eos=eos, early_stop=p.early_stop & (eos >= 0),
+            temperature=self.row_values(rows, "temperature"), threshold=self.row_values(rows, "threshold"),
+            generators=[r.generator for r in rows],
         )
-        state.start, state.end = self._geometry(canvas)
         state.created[:, :2] = True
         state.full[:, 0] = True
         state.done_at[:, 0] = 0
-        state.masks[:, 1] = p.block_size
+        state.masks[:, 1] = b
         state.full[:, 1] = 1.0 >= p.decoded_token_threshold
-        prompt_masks = canvas.x[:, : canvas.gen_start] == canvas.mask_id
-        state.prompt_has_masks = bool(prompt_masks.any())
-        state.spare = np.where(prompt_masks[:, -1], np.argmin(prompt_masks, axis=1), canvas.gen_start - 1)
         self._refresh_stats(canvas, state)
         return state
 
     # -- plan ------------------------------------------------------------------------------------------------------
-    def plan(self, canvas: Canvas, st: MultiBlockState, step: int) -> StepPlan:
+    def plan(self, canvas: Canvas, st: MultiBlockState) -> StepPlan:
         n = canvas.size
-        blocks = self.params.max_new_tokens // self.params.block_size
-        ids = np.arange(blocks + 1)
+        blocks = st.blocks
+        ids = np.arange(st.created.shape[1])
         rows = np.arange(n)
 
         active = st.any_mask | (st.next_block <= blocks)
         st.nfe += active
 
-        eos_seen = None
-        st.snapshot = None
-        if self.early_stop:
-            eos_seen = active & (st.eos_pos >= 0)
+        eos_seen = snapshot = None
+        if st.early_stop.any():
+            eos_seen = active & st.early_stop & (st.eos_pos >= 0)
             if eos_seen.any():
-                self._apply_early_stop(canvas, st, eos_seen, ids)
+                snapshot = self._apply_early_stop(canvas, st, eos_seen, ids)
                 active &= ~(eos_seen & (st.masks_before_eos == 0))
 
         masks = st.masks  # the prompt block has none: its progress is 1
@@ -207,50 +201,69 @@ class MultiBlock(DecodingMethod):
         has_masks = masks > 0
         last_active = (st.created & (st.full | has_masks)).cumsum(axis=1).argmax(axis=1)
         active &= last_active > 0
-        st.a = st.end[last_active]
+        a = st.end[rows, last_active]
 
         if not self.uses_cache:
-            st.lo = np.full(n, 0 if st.prompt_has_masks else canvas.gen_start, dtype=np.int64)
-            plan = self.full_plan(canvas, active)
+            lo = st.first
+            plan = self.full_plan(canvas, active, None, None)
         else:
-            plan = self._plan_cache(canvas, st, active, has_masks, ids)
+            plan = self._plan_cache(canvas, st, active, has_masks, ids, a)
             active = plan.run
-            st.lo = np.maximum(plan.start, canvas.gen_start)
+            lo = np.maximum(plan.start, canvas.gen_start)
 
         fa = st.created & st.full & has_masks
-        st.has_f = fa.any(axis=1)
+        has_f = fa.any(axis=1)
         f = fa.argmax(axis=1)
-        st.f_start, st.f_end = st.start[f], st.end[f]
-        self._gather_candidates(canvas, st)
+        plan.score_width = self._gather_candidates(canvas, st, lo, a, snapshot, has_f, st.start[rows, f],
+                                                   st.end[rows, f])
+        plan.score_pos = st.pos
         plan.run = active
         return plan
 
-    def _gather_candidates(self, canvas: Canvas, st: MultiBlockState) -> None:
+    def _gather_candidates(self, canvas: Canvas, st: MultiBlockState, lo: np.ndarray, a: np.ndarray,
+                           snapshot: np.ndarray | None, has_f: np.ndarray, f_start: np.ndarray, f_end: np.ndarray
+                           ) -> np.ndarray:
         """This iteration's candidates, listed before the forward: the masked positions (as of the iteration's
-        start, before early stop) in ``[lo, a)`` of each row, in canvas order (``st.pos`` ``[n, K]``, padded with
-        a spare prompt column where ``st.valid`` is False), and which of them lie in the guaranteed block."""
-        w0, _, cand = self.window_candidates(canvas, st.lo, st.a, st.snapshot)
+        start, before early stop) in ``[lo, a)`` of each row, in position order (``st.pos`` ``[n, K]``, padded with
+        the row's ``lo`` where ``st.valid`` is False), and which of them lie in the guaranteed block. Returns the
+        width of each row's random draws: its candidate count, at least 1 (a row without candidates draws as
+        if it had one, as a batch of one does)."""
+        w0, w1 = int(lo.min()), int(a.max())
+        cand = snapshot[:, w0:w1].copy() if snapshot is not None else canvas.x[:, w0:w1] == canvas.mask_id
+        if (lo != w0).any() or (a != w1).any():
+            cols = np.arange(w0, w1)
+            cand &= (cols >= lo[:, None]) & (cols < a[:, None])
         if canvas.size == 1:  # no padding between rows
             pos = cand[0].nonzero()[0][None, :] + w0
             st.valid = np.ones(pos.shape, dtype=bool) if pos.size else np.zeros((1, 1), dtype=bool)
-            st.pos = pos if pos.size else st.spare[:, None]
+            st.pos = pos if pos.size else lo[:, None]
+            counts = np.array([pos.size])
         else:
-            counts = cand.sum(axis=1)
+            rr, cc = np.nonzero(cand)
+            counts = np.bincount(rr, minlength=canvas.size)
             k = max(int(counts.max()), 1)
             st.valid = np.arange(k)[None, :] < counts[:, None]
-            st.pos = np.where(st.valid, np.argsort(~cand, axis=1, kind="stable")[:, :k] + w0, st.spare[:, None])
+            st.pos = np.repeat(lo[:, None], k, axis=1)
+            st.pos[rr, np.arange(rr.size) - (np.cumsum(counts) - counts)[rr]] = cc + w0
         st.in_f = None
-        if st.has_f.any():
-            st.in_f = st.valid & (st.pos >= st.f_start[:, None]) & (st.pos < st.f_end[:, None]) & st.has_f[:, None]
+        if has_f.any():
+            st.in_f = st.valid & (st.pos >= f_start[:, None]) & (st.pos < f_end[:, None]) & has_f[:, None]
+        return np.maximum(counts, 1)
 
-    def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, ids: np.ndarray) -> None:
-        """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest."""
+    def _apply_early_stop(self, canvas: Canvas, st: MultiBlockState, eos_seen: np.ndarray, ids: np.ndarray
+                          ) -> np.ndarray | None:
+        """SPEC 4.7: fill after the first EOS with EOS, finish the blocks after it, pre-create the rest. Returns the
+        masks of the canvas before the fill (this iteration's candidates), or None when the fill changed nothing."""
         p = self.params
         e = st.eos_pos
-        after_eos = np.arange(canvas.length)[None, :] > np.where(eos_seen, e, canvas.length)[:, None]
-        if (canvas.x[after_eos] != self.eos_id).any():
-            st.snapshot = canvas.x == canvas.mask_id  # this iteration's candidates are read before the fill
-            canvas.x[after_eos] = self.eos_id
+        rows = np.arange(canvas.size)
+        cols = np.arange(canvas.width)[None, :]
+        after_eos = (cols > np.where(eos_seen, e, canvas.width)[:, None]) & (cols < canvas.lengths[:, None])
+        eos = st.eos[:, None]
+        snapshot = None
+        if ((canvas.x != eos) & after_eos).any():
+            snapshot = canvas.x == canvas.mask_id  # this iteration's candidates are read before the fill
+            np.copyto(canvas.x, eos, where=after_eos)
 
         blk = np.where(eos_seen, (e - canvas.gen_start) // p.block_size + 1, 0)
         after = ids[None, :] > blk[:, None]
@@ -265,25 +278,26 @@ class MultiBlock(DecodingMethod):
         st.masks = np.where(changed, new, st.masks)
         st.full |= changed & (new == 0)
 
-        blocks = p.max_new_tokens // p.block_size
+        blocks = st.blocks
         nb = st.next_block
         precreate = eos_seen & (nb <= blocks)
-        precreate &= st.start[np.minimum(nb, blocks)] > e
+        precreate &= st.start[rows, np.minimum(nb, blocks)] > e
         if precreate.any():
-            fill = precreate[:, None] & (ids[None, :] >= nb[:, None])
+            fill = precreate[:, None] & (ids[None, :] >= nb[:, None]) & (ids[None, :] <= blocks[:, None])
             st.created |= fill
             st.masks[fill] = 0
             st.full |= fill
             if self.uses_cache:
                 st.done_at = np.where(fill, st.nfe[:, None], st.done_at)
                 st.cached |= fill
-            st.next_block[precreate] = blocks + 1
+            st.next_block[precreate] = blocks[precreate] + 1
+        return snapshot
 
     def _plan_cache(self, canvas: Canvas, st: MultiBlockState, active: np.ndarray, has_masks: np.ndarray,
-                    ids: np.ndarray) -> StepPlan:
+                    ids: np.ndarray, a: np.ndarray) -> StepPlan:
         """SPEC 4.6: which blocks become cacheable, then branch A (append), B (cached), C (refresh) or D (full)."""
         p = self.params
-        n, length = canvas.size, canvas.length
+        length = canvas.lengths
         nfe = st.nfe[:, None]
 
         # Scan the blocks after the cached prefix in order: a finished block is stamped when first seen finished
@@ -299,12 +313,12 @@ class MultiBlock(DecodingMethod):
         to_cache = finished & ready & (ids < first_stop) & ~st.cached
         st.cached |= to_cache
         newest = np.where(to_cache, ids, -1).max(axis=1)
-        upd = np.where(newest >= 0, st.end[newest] - st.cache_len, 0)
+        upd = np.where(newest >= 0, st.end[np.arange(canvas.size), np.maximum(newest, 0)] - st.cache_len, 0)
 
         stab = st.created & ~has_masks & (st.done_at >= 0) & ~st.cached
         has_stab = stab.any(axis=1)
-        open_start = np.where(stab | (st.created & has_masks), st.start, length).min(axis=1)
-        run = active & (np.minimum(st.cache_len, open_start) < st.a)
+        open_start = np.where(stab | (st.created & has_masks), st.start, length[:, None]).min(axis=1)
+        run = active & (np.minimum(st.cache_len, open_start) < a)
 
         periodic = (st.nfe % p.refresh_interval == 0) if p.refresh_interval else False
         if p.reference_exact:  # the reference appends against the (stale) prefix even when a refresh is due
@@ -318,45 +332,39 @@ class MultiBlock(DecodingMethod):
         new_len = np.where(cached_forward | refresh, np.maximum(new_cache_len - lead, 0), 0)
         st.cache_len = np.where(run, new_cache_len, st.cache_len)
         st.has_kv |= run & (cached_forward | refresh)
-        return StepPlan(run=run, start=plan_start, end=np.full(n, length, dtype=np.int64), cache_length=new_len)
+        return StepPlan(run=run, start=plan_start, end=length, cache_length=new_len, score_pos=None,
+                        score_width=None)
 
     # -- commit ----------------------------------------------------------------------------------------------------
-    def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, offset: int,
-               plan: StepPlan) -> Commit:
-        """Scores are computed at the candidates :meth:`_gather_candidates` listed (``[n, K]``, padded)."""
+    def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
+        """``logits`` ``[n, K, V]`` at the candidates :meth:`_gather_candidates` listed."""
         p = self.params
-        n, device, width = canvas.size, canvas.device, logits.shape[1]
-        pos, valid = st.pos, st.valid
-        k = pos.shape[1]
-        if n == 1 and valid[0, 0]:  # every entry is a candidate inside the forwarded slice
-            flat = pos[0] - offset
-        else:  # padding entries point at a spare column, possibly outside the slice: any in-range row works
-            flat = (np.minimum(np.maximum(pos - offset, 0), width - 1) + np.arange(n)[:, None] * width).reshape(-1)
-        scores_at = logits.reshape(n * width, -1).index_select(0, torch.from_numpy(flat).to(device))
-        scores_at = scores_at.view(n, k, -1)
-
+        device = logits.device
+        pos, valid, width = st.pos, st.valid, plan.score_width
+        greedy = not (st.temperature > 0).any()
         if p.remasking == "low_confidence":
-            h = rules.entropy(scores_at)
+            h = rules.entropy(logits)
         else:
-            h = rules.random_scores((n, k), device, self.generator)
-        if p.temperature == 0 and p.remasking == "low_confidence":  # nothing reads scores_at after this
-            tokens = rules.argmax_excluding(scores_at, self.mask_id, inplace=True)
-        elif self.family == "dream":
-            tokens = rules.multinomial_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
+            h = rules.random_rows(width, pos.shape[1], st.generators, device)
+        if greedy and p.remasking == "low_confidence":  # nothing reads the logits after this
+            tokens = rules.argmax_excluding(logits, self.mask_id, inplace=True)
         else:
-            tokens = rules.gumbel_sample(scores_at, p.temperature, self.generator, exclude=self.mask_id)
+            sampler = rules.multinomial_sample if self.family == "dream" else rules.gumbel_sample
+            tokens = rules.sample_rows(lambda l, t, g: sampler(l, t, g, exclude=self.mask_id), logits,
+                                       st.temperature, width, st.generators)
         guaranteed = st.in_f is not None
         extra = []
         if guaranteed and p.remasking != "low_confidence":  # the guarantee ranks by true entropy even then
-            extra.append(rules.entropy(scores_at))
-        if guaranteed and self.family != "dream" and p.temperature > 0:  # LLaDA forces the argmax token
-            extra.append(rules.argmax_excluding(scores_at, self.mask_id))
+            extra.append(rules.entropy(logits))
+        if guaranteed and self.family != "dream" and not greedy:  # LLaDA forces the argmax token
+            extra.append(rules.argmax_excluding(logits, self.mask_id))
         h, tokens, *extra = rules.to_host(h, tokens, *extra)
 
+        threshold = st.threshold[:, None]
         if self.family == "dream":
-            transfer = rules.commit_entropy_dream(h, valid, p.threshold)
+            transfer = rules.commit_entropy_dream(h, valid, threshold)
         else:
-            transfer = rules.commit_entropy_llada(h, valid, p.threshold)
+            transfer = rules.commit_entropy_llada(h, valid, threshold)
         if guaranteed:
             block_h = extra.pop(0) if p.remasking != "low_confidence" else h
             self._guarantee(transfer, tokens, block_h, st.in_f, extra[0] if extra else None)
@@ -377,21 +385,20 @@ class MultiBlock(DecodingMethod):
 
     # -- bookkeeping -------------------------------------------------------------------------------------------------
     def update(self, canvas: Canvas, st: MultiBlockState, commit: Commit) -> None:
-        p = self.params
-        committed = commit.per_block(canvas.gen_start, p.block_size, p.max_new_tokens // p.block_size)
+        committed = commit.per_block(canvas.gen_start, self.params.block_size, st.masks.shape[1] - 1)
         st.masks[:, 1:] = np.maximum(st.masks[:, 1:] - committed, 0)
         self._refresh_stats(canvas, st)
 
     def _refresh_stats(self, canvas: Canvas, st: MultiBlockState) -> None:
         """Canvas statistics the next plan needs: masks per block, and the first EOS with the masks around it."""
-        gen = canvas.x[:, canvas.gen_start:]
+        gen = canvas.gen()
         n, b = canvas.size, self.params.block_size
         is_mask = gen == canvas.mask_id
-        st.canvas_masks = is_mask.reshape(n, -1, b).sum(-1)
+        st.canvas_masks = pad_columns(is_mask.reshape(n, -1, b).sum(-1), st.masks.shape[1] - 1, 0)
         st.any_mask = is_mask.any(axis=1)
-        if self.early_stop:
-            is_eos = gen == self.eos_id
-            has_eos = is_eos.any(axis=1)
+        if st.early_stop.any():
+            is_eos = gen == st.eos[:, None]
+            has_eos = is_eos.any(axis=1) & st.early_stop
             e = is_eos.argmax(axis=1)
             st.eos_pos = np.where(has_eos, e + canvas.gen_start, -1)
             if has_eos.any():
