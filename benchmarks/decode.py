@@ -1,8 +1,13 @@
-"""Decoding benchmark: wall time of every decoder split into model forward time and the decoder's own cost.
+"""Decoding benchmark: tokens/s of every decoder at several batch sizes and with requests arriving while others
+run, and the split of wall time into model forwards and the decoder's own cost.
 
-For each method (with and without a KV cache) at batch 1 and batch 8 it reports NFE, TPF (generated tokens before
-EOS per forward), tokens/s, wall time, model time and the loop's share ``(wall - model) / wall``, prints a table
-and writes JSON stamped with the hardware and software versions.
+For each setting, in one run and one after the other: batch 1 (the requests decoded one at a time), every batch
+size of ``--batches`` (the same requests in batches), and a *staggered* scenario: the same requests join one
+``d3llm.Engine`` one every ``--stagger-every`` steps while the earlier ones run (a server's continuous batching,
+arrivals counted in engine steps). Each row reports NFE, TPF (generated tokens before EOS per forward), tokens/s,
+its ratio to batch 1 measured in the same run, wall and model time and the loop's share ``(wall - model) / wall``.
+Prints a table (``--markdown`` adds one for the README) and writes JSON stamped with the hardware and software
+versions.
 
     python benchmarks/decode.py                          # the shipped teacher (or a random llada-small)
     python benchmarks/decode.py --model DIR --device cuda --dtype bfloat16 --gen 256 --block 32
@@ -23,20 +28,26 @@ from d3llm.eval.environment import environment
 from d3llm.models.checkpoint import atomic_write_text
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
+NO_CACHE = dict(cache_delay_iter=None, refresh_interval=None)  # explicit: the folder's defaults may set a cache
 
 
 def settings(gen: int, block: int, threshold: float, confidence: float) -> dict[str, tuple[str, dict]]:
+    """Every setting names all its parameters, so a model folder's defaults never change what is measured."""
     return {
-        "vanilla": ("vanilla", dict(steps=gen)),
-        "block_entropy": ("block_entropy", dict(steps=gen, threshold=threshold)),
-        "fast_dllm": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="none")),
-        "fast_dllm+prefix": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="prefix")),
-        "fast_dllm+dual": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="dual")),
-        "multi_block": ("multi_block", dict(MB, threshold=threshold)),
-        "multi_block+cache(D=1)": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=1)),
+        "vanilla": ("vanilla", dict(steps=gen, temperature=0.0)),
+        "block_entropy": ("block_entropy", dict(steps=gen, threshold=threshold, temperature=0.0)),
+        "fast_dllm": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="none", temperature=0.0)),
+        "fast_dllm+prefix": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="prefix", temperature=0.0)),
+        "fast_dllm+dual": ("fast_dllm", dict(steps=gen, threshold=confidence, cache="dual", temperature=0.0)),
+        "multi_block": ("multi_block", dict(MB, **NO_CACHE, threshold=threshold, temperature=0.0)),
+        "multi_block+cache(D=1)": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=1,
+                                                        refresh_interval=None, temperature=0.0)),
         "multi_block+cache(D=2,R=3)": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=2,
-                                                            refresh_interval=3)),
+                                                            refresh_interval=3, temperature=0.0)),
     }
+
+
+CACHED = ("fast_dllm+prefix", "fast_dllm+dual", "multi_block+cache(D=1)", "multi_block+cache(D=2,R=3)")
 
 
 def load(args):
@@ -70,22 +81,73 @@ def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[li
     return [torch.randint(0, hi, (length,), generator=g).tolist() for _ in range(n)], f"{n} random prompts of {length}"
 
 
+def figures(batch, tokens: int, nfe: int, wall: float, model_t: float) -> dict:
+    return {"batch": batch, "nfe": nfe, "tokens": tokens, "tpf": tokens / nfe, "tokens_per_s": tokens / wall,
+            "wall_s": wall, "model_s": model_t, "loop_s": wall - model_t, "loop_share": (wall - model_t) / wall}
+
+
 def measure(model, prompts, method, params, batch: int, repeats: int) -> dict:
-    """Decode ``prompts`` in batches; the first batch is a warm-up and not counted."""
-    d3llm.generate(model, prompts[:batch], method, **params)  # warm-up
+    """Decode ``prompts`` in batches of ``batch`` with ``d3llm.generate``; a warm-up batch runs first, untimed."""
+    d3llm.generate(model, prompts[:batch], method, **params)
     wall = model_t = 0.0
-    nfe = tokens = forwards = 0
+    nfe = tokens = 0
     for _ in range(repeats):
         for i in range(0, len(prompts) - batch + 1, batch):
             r = d3llm.generate(model, prompts[i : i + batch], method, **params)
             wall += r.wall_time
             model_t += r.model_time
             nfe += int(r.nfe.sum())
-            forwards += int(r.nfe.max())
             tokens += int(r.num_tokens.sum())
-    return {"method": method, "batch": batch, "nfe": nfe, "forwards": forwards, "tokens": tokens,
-            "tpf": tokens / nfe, "tokens_per_s": tokens / wall, "wall_s": wall, "model_s": model_t,
-            "loop_s": wall - model_t, "loop_share": (wall - model_t) / wall}
+    return figures(batch, tokens, nfe, wall, model_t)
+
+
+def staggered(model, prompts, method, params, every: int, repeats: int) -> dict:
+    """The requests join one engine, one every ``every`` steps, while the earlier ones run (timed from the first
+    arrival to the last finished request)."""
+    wall = model_t = 0.0
+    nfe = tokens = 0
+    for _ in range(repeats):
+        engine = d3llm.Engine(model, method, **params)
+        t0 = time.perf_counter()
+        added = step = 0
+        while added < len(prompts) or engine.has_work:
+            if added < len(prompts) and step % every == 0:
+                engine.add_request(prompts[added])
+                added += 1
+            for event in engine.step():
+                if event.finished:
+                    nfe += event.output.nfe
+                    tokens += len(event.output.tokens)
+            step += 1
+        wall += time.perf_counter() - t0
+        model_t += engine.stats.model_time
+    return figures(f"staggered/{every}", tokens, nfe, wall, model_t)
+
+
+def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
+    """The README table: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
+    head = ["setting", "TPF"] + [f"batch {b}" for b in batches] + [rows[-1]["batch"].replace("/", " every ")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        mine = [r for r in rows if r["setting"] == name]
+        base = mine[0]["tokens_per_s"]
+        cells = [f"`{name}`", f"{mine[0]['tpf']:.2f}"]
+        for r in mine:
+            ratio = "" if r is mine[0] else f" ({r['tokens_per_s'] / base:.2f}x)"
+            cells.append(f"{r['tokens_per_s']:,.0f}{ratio}")
+        lines.append("| " + " | ".join(cells) + " |")
+    loop = [f"`{r['setting']}` {100 * r['loop_share']:.1f}%" for r in rows if r["batch"] == 1]
+    return "\n".join(lines) + "\n\nloop share at batch 1: " + ", ".join(loop)
+
+
+def write_record(path: str, model, source: str, prompt_source: str, **fields) -> None:
+    """The run's JSON: what was measured, on which model and prompts, hardware and versions."""
+    record = {"model_source": source, "prompts": prompt_source, "argv": sys.argv[1:], "environment": environment(model),
+              **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(record, indent=2))
+    print(f"wrote {out}")
 
 
 def main(argv=None) -> int:
@@ -97,9 +159,12 @@ def main(argv=None) -> int:
     ap.add_argument("--block", type=int, default=32, help="block_size")
     ap.add_argument("--threshold", type=float, default=0.5, help="entropy threshold (multi_block, block_entropy)")
     ap.add_argument("--confidence", type=float, default=0.9, help="confidence threshold (fast_dllm)")
-    ap.add_argument("--prompts", type=int, default=16, help="prompts per batch size")
+    ap.add_argument("--prompts", type=int, default=32, help="requests per measurement")
     ap.add_argument("--prompt-len", type=int, default=48, help="length of random prompts")
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8,32", help="batch sizes (the first should be 1: ratios are to it)")
+    ap.add_argument("--stagger-every", type=int, default=2, help="steps between arrivals in the staggered run "
+                                                                 "(0: skip it)")
+    ap.add_argument("--markdown", action="store_true", help="also print the README table")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--methods", default=None, help="semicolon-separated subset of the setting names")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -112,24 +177,23 @@ def main(argv=None) -> int:
     print(f"model: {source} ({model.config.describe()}); prompts: {prompt_source}; threads {torch.get_num_threads()}")
     table = settings(args.gen, args.block, args.threshold, args.confidence)
     names = args.methods.split(";") if args.methods else list(table)
+    batches = [int(b) for b in args.batches.split(",")]
     rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        for name in names:
-            method, params = table[name]
-            params = dict(params, max_new_tokens=args.gen, block_size=args.block)
-            row = measure(model, prompts, method, params, batch, args.repeats)
-            row["setting"] = name
+    for name in names:
+        method, params = table[name]
+        params = dict(params, max_new_tokens=args.gen, block_size=args.block)
+        mine = [measure(model, prompts, method, params, batch, args.repeats) for batch in batches]
+        if args.stagger_every:
+            mine.append(staggered(model, prompts, method, params, args.stagger_every, args.repeats))
+        for row in mine:
+            row.update(setting=name, method=method, ratio_to_batch_1=row["tokens_per_s"] / mine[0]["tokens_per_s"])
             rows.append(row)
-            print(f"{name:28s} batch {batch:2d}  NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
-                  f"{row['tokens_per_s']:8.1f} tok/s  wall {row['wall_s']:7.3f}s  model {row['model_s']:7.3f}s  "
-                  f"loop {100 * row['loop_share']:5.1f}%", flush=True)
-    record = {"model_source": source, "prompts": prompt_source, "argv": sys.argv[1:], "environment": environment(model),
-              "settings": {k: table[k] for k in names}, "results": rows,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=2))
-    print(f"wrote {out}")
+            print(f"{name:28s} {str(row['batch']):12s} NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
+                  f"{row['tokens_per_s']:8.1f} tok/s ({row['ratio_to_batch_1']:4.2f}x)  wall {row['wall_s']:7.3f}s  "
+                  f"model {row['model_s']:7.3f}s  loop {100 * row['loop_share']:5.1f}%", flush=True)
+    if args.markdown:
+        print(markdown(rows, names, batches))
+    write_record(args.out, model, source, prompt_source, settings={k: table[k] for k in names}, results=rows)
     return 0
 
 

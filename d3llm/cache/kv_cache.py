@@ -20,7 +20,9 @@ operation (SPEC name)                 model call
 Attention of a forward over ``[start, start + T)`` reads keys ``[0, max(start + T, length))``: the cached prefix,
 the fresh keys of the slice, and (dual cache) stale cached keys after the slice.
 
-Rows of a batch may hold different lengths (each row of a batched decoder keeps its own cache state). A forward may
+Rows of a batch may hold different lengths (each row of a batched decoder keeps its own cache state). The decoding
+engine keeps one cache whose rows are handed to requests as they join and reused when they leave, and writes them
+through packed forwards (:mod:`d3llm.models.packed`): each request's slice goes to its own row and positions. A forward may
 then restrict, per row, the slots it writes with ``write_range=(lo, hi)`` (``[B]`` tensors): slots outside
 ``[lo, hi)`` keep their cached keys (the queries there are computed but belong to the caller to ignore), so one
 batched forward over the union of the rows' ranges serves rows that alone would have forwarded different slices.
@@ -131,6 +133,19 @@ class KVCache:
 
     def clone(self) -> "KVCache":
         return self.select_rows(torch.arange(self.batch_size))
+
+    def ensure_rows(self, rows: int) -> None:
+        """Grow the buffers so that cache rows ``[0, rows)`` exist (new rows are empty). The decoding engine gives
+        every active request one row and reuses the rows of requests that left."""
+        grow = rows - self.batch_size
+        if grow <= 0:
+            return
+        for i in range(self.num_layers):
+            k, v = self.keys[i], self.values[i]
+            pad = (grow, *k.shape[1:])
+            self.keys[i] = torch.cat([k, k.new_zeros(pad)], dim=0)
+            self.values[i] = torch.cat([v, v.new_zeros(pad)], dim=0)
+        self.lengths = np.concatenate([self.lengths, np.zeros(grow, dtype=np.int64)])
 
     # -- used by the model forward -----------------------------------------------------------------------------------
     def ensure_capacity(self, needed: int) -> None:

@@ -63,14 +63,14 @@ class Canvas(RowTable):
 
     @property
     def max_gen_length(self) -> int:
-        return int(self.gen_lengths.max())
+        return int(self.gen_lengths[0]) if self.gen_lengths.size == 1 else int(self.gen_lengths.max())
 
     def gen(self) -> np.ndarray:
         """``[n, max N]`` every row's generation region (filler after its end). A view when every prompt has the same
         length, else a copy: read it, edit ``x``."""
         g = self.prompt_lengths
         n_max = self.max_gen_length
-        if (g == g[0]).all():
+        if g.size == 1 or (g == g[0]).all():
             return self.x[:, g[0] : g[0] + n_max]
         return np.take_along_axis(self.x, g[:, None] + np.arange(n_max), axis=1)
 

@@ -35,6 +35,10 @@ text; it is cut at the first end-of-text (positions after it may still be rewrit
 ``finish_reason`` is ``"stop"`` (an end-of-text was generated), ``"length"`` (the generation filled
 ``max_new_tokens``, or hit the step cap) or ``"cancelled"``.
 
+The engine is not thread-safe and never blocks: a server runs one task that owns it and calls ``step()`` in a loop
+(in a worker thread if it must not block the event loop), and its handlers hand requests and cancellations to that
+task, which calls ``add_request`` / ``cancel`` between steps (or everything holds one lock).
+
 Each step::
 
     admit waiting rows: canvas rows, method state, cache rows     (rows are independent: see methods/base.py)
@@ -62,11 +66,13 @@ import numpy as np
 import torch
 
 from d3llm.decoding.canvas import Canvas, build_canvas, check_prompt
-from d3llm.decoding.defaults import resolve_decoder, resolve_eos
+from d3llm.decoding.defaults import resolve_decoder, resolve_eos, resolve_method
+from d3llm.decoding.methods import method_class
 from d3llm.decoding.methods.base import Commit, RowSetup, StepPlan
 from d3llm.decoding.params import Params
 from d3llm.decoding.rows import RowTable
 from d3llm.errors import GenerationError
+from d3llm.models.packed import PackedRows
 
 MAX_STEPS = 10000  # safety cap per row, as in the reference
 
@@ -165,10 +171,10 @@ class _Request:
 class _Rows(RowTable):
     """The engine's own per-row bookkeeping."""
 
-    row_fields = {"requests": None, "caches": None, "nfe": 0, "commit_step": -1, "prefix": 0, "stopped": False,
+    row_fields = {"requests": None, "slots": 0, "nfe": 0, "commit_step": -1, "prefix": 0, "stopped": False,
                   "eos": -1, "cancelled": False}
     requests: list  # [n] _Request
-    caches: list  # [n] the row's KV cache (None without one)
+    slots: np.ndarray  # [n] the row of the engine's KV cache each request holds
     nfe: np.ndarray  # [n]
     commit_step: np.ndarray  # [n, max N]
     prefix: np.ndarray  # [n] committed prefix already reported
@@ -184,7 +190,8 @@ class Engine:
                  eos_token_id: int | None = None, max_batch: int | None = None, max_steps: int = MAX_STEPS,
                  **params: Any) -> None:
         self.model = model
-        self.method_name, self.method_class, _ = resolve_decoder(model, method, {})
+        self.method_name = resolve_method(model, method)
+        self.method_class = method_class(self.method_name, model.family)
         self.shared_params = self._canonical(params)
         self.params = self._resolve(self.shared_params)
         config = model.config
@@ -212,6 +219,8 @@ class Engine:
         self.state = None
         self.rows: _Rows | None = None
         self.last_commit: Commit | None = None
+        self.cache = None  # one KV cache; its rows go to requests as they join and come back when they leave
+        self._free: list[int] = []
 
     # -- parameters ----------------------------------------------------------------------------------------------
     @property
@@ -251,7 +260,9 @@ class Engine:
                     eos_token_id: int | None = None, **params: Any) -> Hashable:
         """Queue a request (see the module docstring); returns its id. Raises :class:`GenerationError` for a bad
         request, leaving the engine as it was."""
-        label = next(self._ids) if request_id is None else request_id
+        label = request_id
+        while label is None or (request_id is None and label in self._known):
+            label = next(self._ids)  # automatic ids skip ids the caller is using
         if label in self._known:
             raise GenerationError(f"request id {label!r} is already in use")
         own = self._canonical(params)
@@ -325,11 +336,12 @@ class Engine:
             logits = self._forward(plan)
             commit = self.method.commit(canvas, state, logits, plan)
             commit.apply(canvas.x)
-            self._record()
+            masked = canvas.gen() == self.mask_id
+            self._record(masked)
             steps = rows.nfe.copy()
             rows.nfe += 1
             self.last_commit = commit
-            self._progress(events, steps, commit)
+            self._progress(events, steps, commit, masked)
             self.method.update(canvas, state, commit)
         return events
 
@@ -358,9 +370,8 @@ class Engine:
                               device=self.device)
         state = self.method.init_state(canvas, [RowSetup(r.params, r.eos_id, r.generator) for r in joining])
         n = len(joining)
-        caches = [self.model.new_cache(1, int(canvas.lengths[i])) if self.method.uses_cache else None
-                  for i in range(n)]
-        rows = _Rows(requests=joining, caches=caches, nfe=np.zeros(n, dtype=np.int64),
+        rows = _Rows(requests=joining, slots=self._take_slots(n, int(canvas.lengths.max())),
+                     nfe=np.zeros(n, dtype=np.int64),
                      commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64), prefix=np.zeros(n, dtype=np.int64),
                      stopped=np.zeros(n, dtype=bool),
                      eos=np.array([-1 if r.eos_id is None else r.eos_id for r in joining], dtype=np.int64),
@@ -372,12 +383,31 @@ class Engine:
             self.state = self.state.concat(state)
             self.rows = self.rows.concat(rows)
 
+    def _take_slots(self, n: int, length: int) -> np.ndarray:
+        """Cache rows for ``n`` joining requests (reusing released ones; the cache grows when it has to)."""
+        if not self.method.uses_cache:
+            return np.zeros(n, dtype=np.int64)
+        if self.cache is None:
+            self.cache = self.model.new_cache(n, length)
+            self._free = list(range(n))
+        if len(self._free) < n:
+            size = self.cache.batch_size
+            grow = max(n - len(self._free), size)  # doubling: rare reallocations as the batch grows
+            self.cache.ensure_rows(size + grow)
+            self._free += range(size, size + grow)
+        self.cache.ensure_capacity(length)
+        slots = np.array(sorted(self._free)[:n], dtype=np.int64)
+        self._free = sorted(set(self._free) - set(slots.tolist()))
+        self.cache.lengths[slots] = 0
+        return slots
+
     def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None, plan: StepPlan | None = None
                 ) -> None:
         """Rows ``gone`` leave the batch: their outputs are final, their cache rows are released."""
-        self._record()  # e.g. early-stop fills made by this step's plan
         canvas, rows = self.canvas, self.rows
         gen = canvas.gen()
+        masked = gen == self.mask_id
+        self._record(masked)  # e.g. early-stop fills made by this step's plan
         for i in gone.tolist():
             req = rows.requests[i]
             n = int(canvas.gen_lengths[i])
@@ -392,10 +422,14 @@ class Engine:
                 why = "stop" if len(tokens) < n else "length"
             out = RequestOutput(req.request_id, req.prompt.tolist(), generated, rows.commit_step[i, :n].copy(),
                                 tokens, int(rows.nfe[i]), why)
-            prefix, new = self._prefix(i, gen[i], n)
-            events.append(RowEvent(req.request_id, None, prefix, new, True, why, out))
+            prefix = int(np.argmax(masked[i])) if masked[i].any() else n
+            events.append(RowEvent(req.request_id, None, prefix, self._stream(i, gen[i], prefix), True, why, out))
             self._known.discard(req.request_id)
             self._cancel.discard(req.request_id)
+        if self.cache is not None:
+            released = rows.slots[gone]
+            self.cache.lengths[released] = 0
+            self._free = sorted(self._free + released.tolist())
         keep = np.setdiff1d(np.arange(canvas.size), gone)
         if keep.size == 0:
             self.canvas = self.state = self.rows = None
@@ -403,62 +437,60 @@ class Engine:
         self.canvas, self.state, self.rows = canvas.select(keep), self.state.select(keep), rows.select(keep)
 
     def _forward(self, plan: StepPlan) -> torch.Tensor:
-        """Logits ``[n, K, V]`` at ``plan.score_pos``: each row forwards ``[start, end)`` against its own cache."""
+        """Logits ``[n, K, V]`` at ``plan.score_pos``: one packed forward in which each row forwards its positions
+        ``[start, end)`` against its own cache row (see :mod:`d3llm.models.packed`)."""
         t0 = time.perf_counter()
-        canvas, rows = self.canvas, self.rows
-        out = []
-        for i in range(canvas.size):
-            s, e = int(plan.start[i]), int(plan.end[i])
-            ids = torch.from_numpy(canvas.x[i : i + 1, s:e]).to(self.device)
-            if self.method.uses_cache:
-                cache = rows.caches[i]
-                logits = self.model(ids, cache=cache, start=s, append=0).logits[0]
-                cache.lengths[:] = plan.cache_length[i]
-            else:
-                logits = self.model(ids).logits[0]
-            at = np.clip(plan.score_pos[i] - s, 0, e - s - 1)
-            out.append(logits.index_select(0, torch.from_numpy(at).to(self.device)))
-        logits = torch.stack(out)
+        canvas = self.canvas
+        starts, ends = plan.start, plan.end
+        cache = self.cache if self.method.uses_cache else None
+        slots = self.rows.slots
+        kv_lens = None if cache is None else np.maximum(cache.lengths[slots], ends)
+        rows = PackedRows.from_slices(starts, ends, kv_lens, slots)
+        tokens = canvas.x[np.repeat(np.arange(canvas.size), rows.lengths), rows.positions]
+        n, k = plan.score_pos.shape
+        at = np.minimum(np.maximum(plan.score_pos - starts[:, None], 0), rows.lengths[:, None] - 1)
+        at += rows.offsets[:, None]
+        logits = self.model.forward_packed(torch.from_numpy(tokens).to(self.device), rows,
+                                           torch.from_numpy(at.reshape(-1)).to(self.device), cache=cache)
+        if cache is not None:
+            cache.lengths[slots] = plan.cache_length  # planned by the method, within [0, row length]
         if self._sync:
             torch.cuda.synchronize(self.device)
-        spent = time.perf_counter() - t0
-        positions = plan.end - plan.start
-        self.stats.model_time += spent
+        self.stats.model_time += time.perf_counter() - t0
         self.stats.steps += 1
-        self.stats.forwards += canvas.size
-        self.stats.positions += int(positions.sum())
-        self.stats.last_positions = dict(zip(self.active_ids, positions.tolist()))
-        return logits
+        self.stats.forwards += n
+        self.stats.positions += rows.size
+        self.stats.last_positions = dict(zip(self.active_ids, rows.lengths.tolist()))
+        return logits.view(n, k, -1)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
-    def _record(self) -> None:
-        """Generated positions that stopped being masked get the row's current step index (its NFE)."""
-        gen = self.canvas.gen()
-        steps = self.rows.commit_step[:, : gen.shape[1]]
-        newly = (gen != self.mask_id) & (steps < 0)
-        if newly.any():
-            steps[newly] = np.broadcast_to(self.rows.nfe[:, None], steps.shape)[newly]
+    def _record(self, masked: np.ndarray) -> None:
+        """Generated positions that stopped being masked (``masked``: ``[n, max N]`` the masks now) get the row's
+        current step index (its NFE)."""
+        steps = self.rows.commit_step[:, : masked.shape[1]]
+        r, c = np.nonzero(~masked & (steps < 0))
+        if r.size:
+            steps[r, c] = self.rows.nfe[r]
 
-    def _prefix(self, i: int, gen_row: np.ndarray, n: int) -> tuple[int, list[int]]:
-        """Row i's committed prefix length and the part of it not reported yet (cut at the first EOS)."""
+    def _stream(self, i: int, gen_row: np.ndarray, prefix: int) -> list[int]:
+        """The part of row i's committed prefix not reported yet, cut at the first EOS."""
         rows = self.rows
-        masked = np.flatnonzero(gen_row[:n] == self.mask_id)
-        prefix = int(masked[0]) if masked.size else n
-        new: list[int] = []
-        if prefix > rows.prefix[i] and not rows.stopped[i]:
-            new = gen_row[rows.prefix[i] : prefix].tolist()
-            eos = int(rows.eos[i])
-            if eos >= 0 and eos in new:
-                new = new[: new.index(eos)]
-                rows.stopped[i] = True
-            rows.prefix[i] = prefix
-        return prefix, new
+        if prefix <= rows.prefix[i] or rows.stopped[i]:
+            return []
+        new = gen_row[rows.prefix[i] : prefix].tolist()
+        rows.prefix[i] = prefix
+        eos = int(rows.eos[i])
+        if eos >= 0 and eos in new:
+            rows.stopped[i] = True
+            return new[: new.index(eos)]
+        return new
 
-    def _progress(self, events: list[RowEvent], steps: np.ndarray, commit: Commit) -> None:
+    def _progress(self, events: list[RowEvent], steps: np.ndarray, commit: Commit, masked: np.ndarray) -> None:
+        """One event per row that decoded in this step."""
         canvas, rows = self.canvas, self.rows
+        prefix = np.where(masked.any(axis=1), masked.argmax(axis=1), canvas.gen_lengths).tolist()
         gen = canvas.gen()
-        lengths = canvas.gen_lengths
+        starts = canvas.gen_start.tolist()
         for i, req in enumerate(rows.requests):
-            prefix, new = self._prefix(i, gen[i], int(lengths[i]))
-            events.append(RowEvent(req.request_id, int(steps[i]), prefix, new,
-                                   _commit=(commit.transfer[i], commit.positions[i], int(canvas.gen_start[i]))))
+            events.append(RowEvent(req.request_id, int(steps[i]), prefix[i], self._stream(i, gen[i], prefix[i]),
+                                   _commit=(commit.transfer[i], commit.positions[i], starts[i])))

@@ -12,6 +12,10 @@ append=None, write_range=None, causal=False) -> ModelOutput``
   exactly the positions it would see alone.
 * ``cache``/``use_cache``/``start``/``append``/``write_range``: see :mod:`d3llm.cache.kv_cache`.
 * ``causal=True`` forces a causal mask (used to check the weights against autoregressive reference models).
+
+``model.forward_packed(tokens, rows, score_index, cache=None)`` is the decoding engine's forward: several rows'
+slices packed into one token axis, each against its own cache row, logits only at ``score_index`` (see
+:mod:`d3llm.models.packed`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from d3llm.cache.kv_cache import KVCache
 from d3llm.errors import ConfigError
 from d3llm.models.configs import ModelConfig
 from d3llm.models.layers import AttentionPlan, rotary_cos_sin
+from d3llm.models.packed import MIN_ROWS, PackedPlan, PackedRows, shape_groups
 
 
 @dataclass
@@ -60,6 +65,7 @@ class DiffusionLM(nn.Module):
 
     family: str = ""
     rope_full_precision: bool = True
+    causal: bool = False  # packed forwards of an autoregressive family mask future keys
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -73,6 +79,10 @@ class DiffusionLM(nn.Module):
 
     def head(self, hidden: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def head_at(self, hidden: torch.Tensor, index: torch.Tensor, plan: PackedPlan) -> torch.Tensor:
+        """Aligned logits ``[M, V]`` of the packed tokens ``index`` (``hidden``: ``[T', hidden]``)."""
+        raise NotImplementedError  # pragma: no cover
 
     # -- properties ----------------------------------------------------------------------------------------------
     @property
@@ -150,6 +160,54 @@ class DiffusionLM(nn.Module):
                 raise ValueError(f"append={append} must lie in [0, {seq}] (the forwarded length)")
             cache.lengths = np.maximum(cache.lengths, plan.start + n)
         return ModelOutput(logits=logits, cache=cache)
+
+    def forward_packed(self, tokens: torch.Tensor, rows: PackedRows, score_index: torch.Tensor, *,
+                       cache: KVCache | None = None, causal: bool | None = None) -> torch.Tensor:
+        """A packed forward (:mod:`d3llm.models.packed`): the rows' slices in one token axis, each attending to its
+        own keys, logits only where they are needed.
+
+        Args:
+            tokens: ``[T]`` the packed token ids (row i's slice at ``rows.offsets[i]``).
+            rows: where each row's slice lies (positions, cache rows, keys attended).
+            score_index: ``[M]`` packed tokens whose aligned logits to return.
+            cache: with a cache, each row writes its slice's keys and values at its positions of cache row
+                ``rows.slots[i]`` (which must hold positions ``[0, start)`` already) and attends to
+                ``[0, rows.kv_lens[i])`` of it; the cached lengths are the caller's to update.
+            causal: mask keys after each query (default: the family's ``causal``).
+        Returns:
+            ``[M, V]`` logits (position i scores token i, both families).
+        """
+        device = tokens.device
+        real = int(tokens.shape[0])
+        pad = max(MIN_ROWS - real, 0)
+        positions = rows.positions
+        if pad:  # small matmuls round differently (MIN_ROWS): pad with position-0 tokens that attend to nothing
+            tokens = torch.cat([tokens, tokens.new_zeros(pad)])
+            positions = np.concatenate([positions, np.zeros(pad, dtype=positions.dtype)])
+        opens = positions == 0
+        opens[rows.offsets] = True
+        positions_t = torch.from_numpy(positions).to(device)
+        cos, sin = self._rotary_lookup(positions_t[None, :], int(positions.max()) + 1, device)
+        write_slots = write_positions = None
+        if cache is not None:
+            short = cache.lengths[rows.slots] < rows.starts
+            if short.any():
+                i = int(np.flatnonzero(short)[0])
+                raise ValueError(f"row {i} forwards from position {rows.starts[i]} but its cache row holds only "
+                                 f"{cache.lengths[rows.slots[i]]} positions; a gap would be attended as garbage")
+            cache.ensure_capacity(int((rows.starts + rows.lengths).max()))
+            if len(rows.starts) > 1:
+                write_slots = torch.from_numpy(np.repeat(rows.slots, rows.lengths)).to(device)
+                write_positions = positions_t[:real]
+        plan = PackedPlan(cos=cos, sin=sin, real=real, cache=cache, write_slots=write_slots,
+                          write_positions=write_positions, opens=torch.from_numpy(opens).to(device),
+                          causal=self.causal if causal is None else causal,
+                          groups=shape_groups(rows, cache is not None))
+        hidden = self.backbone(tokens[None, :], plan)[0]
+        m = int(score_index.shape[0])
+        if m < MIN_ROWS:
+            score_index = torch.cat([score_index, score_index.new_zeros(MIN_ROWS - m)])
+        return self.head_at(hidden, score_index, plan)[:m]
 
     def _plan(
         self,

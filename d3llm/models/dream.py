@@ -103,5 +103,12 @@ class DreamLM(DiffusionLM):
         # their own output.
         shifted = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
         shifted = torch.where((plan.positions == 0)[..., None], hidden, shifted)
-        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return nn.functional.linear(shifted, weight)
+        return nn.functional.linear(shifted, self._lm_weight())
+
+    def head_at(self, hidden: torch.Tensor, index: torch.Tensor, plan) -> torch.Tensor:
+        # the same shift in a packed forward: each row's first forwarded token and position 0 keep their own output
+        source = torch.where(plan.opens[index], index, index - 1)
+        return nn.functional.linear(hidden.index_select(0, source), self._lm_weight())
+
+    def _lm_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d3llm.cache.kv_cache import KVCache
+from d3llm.models.packed import PackedPlan, packed_attention
 
 
 class RMSNorm(nn.Module):
@@ -93,9 +94,14 @@ def attention(
 
     Args:
         q: ``[B, T, H * D]`` projected queries; k, v: ``[B, T, H_kv * D]`` projected keys and values.
+        plan: an :class:`AttentionPlan` (a padded batch) or a :class:`~d3llm.models.packed.PackedPlan` (rows'
+            slices packed into one sequence, ``B = 1``).
     Returns:
         ``[B, T, H * D]`` attention output before the output projection.
     """
+    if isinstance(plan, PackedPlan):
+        return packed_attention(q, k, v, plan, layer_idx, num_heads, num_kv_heads,
+                                lambda x, cos, sin: apply_rotary(x, cos, sin, rope_full_precision))
     bsz, seq, _ = q.shape
     head_dim = q.shape[-1] // num_heads
     q = q.view(bsz, seq, num_heads, head_dim).transpose(1, 2)

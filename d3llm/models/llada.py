@@ -87,6 +87,11 @@ class LLaDALM(DiffusionLM):
         weight = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return nn.functional.linear(hidden, weight)
 
+    def head_at(self, hidden: torch.Tensor, index: torch.Tensor, plan) -> torch.Tensor:
+        t = self.model.transformer
+        weight = t.wte.weight if self.config.weight_tying else t.ff_out.weight
+        return nn.functional.linear(hidden.index_select(0, index), weight)
+
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "LLaDALM":
         super().init_weights(std, seed)
