@@ -15,8 +15,13 @@ MASK_GLYPH, EOS_GLYPH = "░", "·"
 
 
 class CanvasView:
-    def __init__(self, tokenizer, mask_id: int, eos_id: int | None, *, stream=None, live: bool | None = None) -> None:
+    """Args: ``label`` prefixes every row (a format string of ``step`` and ``row``); ``transient`` clears the live
+    panel when closed (the chat prints the final reply in its place)."""
+
+    def __init__(self, tokenizer, mask_id: int, eos_id: int | None, *, stream=None, live: bool | None = None,
+                 label: str = "step {step:3d} row {row}: ", transient: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.label, self.transient = label, transient
         self.mask_id = mask_id
         self.eos_id = eos_id
         self.stream = stream or sys.stdout
@@ -50,7 +55,7 @@ class CanvasView:
         if not self.live:
             for i, row in enumerate(event.rows):
                 text = "".join(piece for piece, _ in self.frame(event, i))
-                print(f"step {event.step:3d} row {row}: {text}", file=self.stream)
+                print(self.label.format(step=event.step, row=row) + text, file=self.stream)
             return
         from rich.console import Group
         from rich.live import Live
@@ -59,12 +64,12 @@ class CanvasView:
         styles = {"new": "bold green", "mask": "dim", "sep": "blue", "eos": "dim", "": ""}
         lines = []
         for i, row in enumerate(event.rows):
-            line = Text(f"step {event.step:3d} row {row}: ")
+            line = Text(self.label.format(step=event.step, row=row))
             for piece, style in self.frame(event, i):
                 line.append(piece, style=styles[style])
             lines.append(line)
         if self._live is None:
-            self._live = Live(Group(*lines), refresh_per_second=30, transient=False)
+            self._live = Live(Group(*lines), refresh_per_second=30, transient=self.transient)
             self._live.start()
         else:
             self._live.update(Group(*lines))

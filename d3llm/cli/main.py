@@ -11,7 +11,7 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("demo", "eval", "generate", "info", "train")
+COMMANDS = ("chat", "demo", "eval", "generate", "info", "serve", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help: str, doc: str |
     return sub.add_parser(name, help=help, description=plain(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("decoder", DEFAULTS_NOTE)
+def add_decoder_flags(parser: argparse.ArgumentParser, seed: bool = True, note: str = DEFAULTS_NOTE) -> None:
+    group = parser.add_argument_group("decoder", note)
     group.add_argument("--method", default=None, choices=METHODS,
                        help="decoder (default: the model folder's method, else multi_block)")
     for flag, (_, kind, text) in DECODER_FLAGS.items():
@@ -57,7 +57,8 @@ def add_decoder_flags(parser: argparse.ArgumentParser) -> None:
                        help="multi_block: stop at the first end-of-text")
     group.add_argument("--reference-exact", action="store_true", default=None,
                        help="multi_block: reproduce the reference's cache-branch order exactly")
-    group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
+    if seed:
+        group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:

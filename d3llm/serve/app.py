@@ -1,0 +1,361 @@
+"""The HTTP layer: a FastAPI app in front of one :class:`~d3llm.serve.worker.EngineWorker`.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat template),
+``GET /health`` (503 once the engine has died), ``GET /metrics`` (Prometheus). Handlers validate a request
+(:mod:`d3llm.serve.protocol`), build its prompt ids, submit it to the engine thread and relay what comes back, as
+one JSON response or as server-sent events (``data: {chunk}`` lines ending with ``data: [DONE]``). Only committed
+text is ever sent (:mod:`d3llm.serve.text`).
+
+A client that goes away has its row cancelled before the next engine step: every decoding handler awaits the ASGI
+``http.disconnect`` message itself (streaming or not), which works behind any pure-ASGI middleware. The API key
+check and the request counter are pure ASGI middlewares for that reason (Starlette's ``BaseHTTPMiddleware`` hides
+the disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import make_asgi_app
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount
+
+from d3llm.models.prompts import encode_text
+from d3llm.serve import protocol
+from d3llm.serve.metrics import ServerMetrics
+from d3llm.serve.protocol import APIError, DecodeRequest, EngineFields, bad_request
+from d3llm.serve.text import TextStream
+from d3llm.serve.worker import EngineWorker, Job
+
+OPEN_PATHS = ("/health",)  # answered without the API key
+ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
+
+
+@dataclass
+class ServeConfig:
+    """Settings of one server.
+
+    Attributes:
+        model_name: the name clients use (``model`` field, ``/v1/models``).
+        api_key: with a key, every endpoint but ``/health`` requires ``Authorization: Bearer KEY``.
+        max_queue: requests that may wait for a row of the running batch (beyond: 503 with ``Retry-After``).
+        max_body_bytes: the largest request body (beyond: 413).
+    """
+
+    model_name: str
+    api_key: str | None = None
+    max_queue: int = 256
+    max_body_bytes: int = 1 << 20
+
+
+class Server:
+    """What the handlers share: the engine thread, the tokenizer, the limits and the metrics."""
+
+    def __init__(self, engine, tokenizer, config: ServeConfig) -> None:
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        self.metrics = ServerMetrics()
+        self.worker = EngineWorker(engine, self.metrics, max_queue=config.max_queue)
+        params = engine.params.as_dict()
+        per_row = tuple(engine.per_row_params)
+        self.fields = EngineFields(per_row=per_row, shared={k: v for k, v in params.items() if k not in per_row},
+                                   method=engine.method_name)
+        self.default_max_tokens = engine.params.max_new_tokens
+        self.block_size = params.get("block_size")
+        self.max_length = engine.model.config.max_length
+        self.vocab_size = engine.vocab_size
+        self.created = protocol.now()
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    def prompt_ids(self, req: DecodeRequest, kind: str) -> list[int]:
+        if kind == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise bad_request("this model's tokenizer has no chat template; use /v1/completions",
+                                  param="messages", code="no_chat_template")
+            try:
+                text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # a template may refuse a conversation (jinja raise_exception)
+                raise bad_request(f"the model's chat template rejected the messages: {exc}", param="messages")
+            ids = encode_text(self.tokenizer, text)
+        elif isinstance(req.prompt, str):
+            ids = encode_text(self.tokenizer, req.prompt)
+        else:
+            bad = [t for t in req.prompt if not 0 <= t < self.vocab_size]
+            if bad:
+                raise bad_request(f"'prompt' holds token id {bad[0]}, outside this model's vocabulary "
+                                  f"[0, {self.vocab_size})", param="prompt")
+            ids = list(req.prompt)
+        if not ids:
+            raise bad_request("the prompt encodes to no tokens", param="messages" if kind == "chat" else "prompt")
+        return ids
+
+    def canvas_length(self, max_tokens: int) -> int:
+        """Positions a row decodes for ``max_tokens``: rounded up to whole blocks (the output is cut there)."""
+        if self.block_size:
+            return -(-max_tokens // self.block_size) * self.block_size
+        return max_tokens
+
+    def make_job(self, req: DecodeRequest, ids: list[int], kind: str, deliver) -> Job:
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
+        canvas = self.canvas_length(max_tokens)
+        field = "messages" if kind == "chat" else "prompt"
+        if canvas >= self.max_length:
+            raise bad_request(f"max_tokens={max_tokens} ({canvas} positions: whole blocks of {self.block_size}) "
+                              f"leaves no room for a prompt in this model's maximum length of {self.max_length} "
+                              f"tokens", param="max_tokens", code="context_length_exceeded")
+        if len(ids) + canvas > self.max_length:
+            rounded = f" (rounded up to {canvas}, whole blocks of {self.block_size})" if canvas != max_tokens else ""
+            raise bad_request(f"this model's maximum context length is {self.max_length} tokens; the prompt has "
+                              f"{len(ids)} tokens and max_tokens={max_tokens}{rounded} needs {canvas} more; shorten "
+                              f"the prompt to at most {self.max_length - canvas} tokens or lower max_tokens",
+                              param=field, code="context_length_exceeded")
+        params = {"max_new_tokens": canvas, **req.engine_params}
+        names = {"max_new_tokens": "max_tokens", **{k: k for k in req.engine_params}}
+        if req.temperature is not None:
+            params["temperature"] = req.temperature
+            names["temperature"] = "temperature"
+        if req.seed is not None:
+            names["seed"] = "seed"
+        limit = max_tokens if max_tokens < canvas else None
+        return Job(id=protocol.new_id(kind), prompt=ids, params=params, seed=req.seed,
+                   text=TextStream(self.tokenizer, req.stop, limit), deliver=deliver, param_names=names)
+
+    async def decode(self, request: Request, kind: str) -> JSONResponse | StreamingResponse:
+        body = protocol.parse_json(await read_body(request, self.config.max_body_bytes))
+        req = protocol.parse_request(body, kind, self.fields)
+        if req.model is not None and req.model != self.config.model_name:
+            raise APIError(404, f"the model '{req.model}' does not exist; this server serves "
+                                f"'{self.config.model_name}'", code="model_not_found", param="model")
+        ids = self.prompt_ids(req, kind)
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+
+        def deliver(message: tuple) -> None:  # called from the engine thread
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                pass
+
+        job = self.make_job(req, ids, kind, deliver)
+        self.worker.submit(job)
+        first = await inbox.get()
+        if first[0] != "accepted":
+            raise first[1]
+        reply = Reply(self, request, job, inbox, kind, req)
+        if req.stream:
+            return StreamingResponse(reply.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await reply.whole()
+
+
+class Reply:
+    """Relays one accepted job's messages to its client and cancels the row if the client goes away first."""
+
+    def __init__(self, server: Server, request: Request, job: Job, inbox: asyncio.Queue, kind: str,
+                 req: DecodeRequest) -> None:
+        self.server, self.request, self.job, self.inbox, self.kind, self.req = server, request, job, inbox, kind, req
+        self.created = protocol.now()
+        self.done = False
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self.request.receive()
+            if message["type"] == "http.disconnect":
+                if not self.done:
+                    self.server.worker.cancel(self.job.id)
+                    self.inbox.put_nowait(("disconnected",))
+                return
+
+    def _model(self) -> str:
+        return self.server.config.model_name
+
+    async def whole(self) -> JSONResponse:
+        watcher = asyncio.create_task(self._watch_disconnect())
+        pieces: list[str] = []
+        try:
+            while True:
+                message = await self.inbox.get()
+                if message[0] == "text":
+                    pieces.append(message[1])
+                elif message[0] == "done":
+                    self.done = True
+                    _, reason, usage = message
+                    return JSONResponse(protocol.completion_body(self.kind, self.job.id, self.created, self._model(),
+                                                                 "".join(pieces), reason, usage))
+                elif message[0] == "error":
+                    self.done = True
+                    raise message[1]
+                else:  # the client went away: nobody reads this
+                    return JSONResponse({}, status_code=499)
+        finally:
+            watcher.cancel()
+            if not self.done:
+                self.server.worker.cancel(self.job.id)
+
+    async def events(self):
+        watcher = asyncio.create_task(self._watch_disconnect())
+        rid, model, with_usage = self.job.id, self._model(), self.req.include_usage
+        chunk = dict(kind=self.kind, rid=rid, created=self.created, model=model)
+        try:
+            if self.kind == "chat":
+                yield protocol.sse(protocol.chunk_body(**chunk, role=True, with_usage=with_usage))
+            while True:
+                message = await self.inbox.get()
+                if message[0] == "text":
+                    yield protocol.sse(protocol.chunk_body(**chunk, text=message[1], with_usage=with_usage))
+                elif message[0] == "done":
+                    self.done = True
+                    _, reason, usage = message
+                    yield protocol.sse(protocol.chunk_body(**chunk, text="" if self.kind != "chat" else None,
+                                                           finish_reason=reason, with_usage=with_usage))
+                    if with_usage:
+                        yield protocol.sse(protocol.usage_chunk(self.kind, rid, self.created, model, usage))
+                    yield protocol.sse("[DONE]")
+                    return
+                elif message[0] == "error":
+                    self.done = True
+                    yield protocol.sse(message[1].body())
+                    yield protocol.sse("[DONE]")
+                    return
+                else:
+                    return
+        finally:
+            watcher.cancel()
+            if not self.done:
+                self.server.worker.cancel(self.job.id)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (checked while reading, not only by header)."""
+    declared = request.headers.get("content-length")
+    too_large = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                         code="request_too_large")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class APIKeyMiddleware:
+    """Pure ASGI: every HTTP request but ``OPEN_PATHS`` needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                why = "missing" if not header else "wrong"
+                error = APIError(401, f"{why} API key: send the header 'Authorization: Bearer <key>' with the key "
+                                      f"the server was started with (--api-key)", code="invalid_api_key",
+                                 headers={"WWW-Authenticate": "Bearer"})
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestCounter:
+    """Pure ASGI: counts every HTTP response by endpoint and status (``d3llm_requests_total``)."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"].rstrip("/") or "/"
+        endpoint = path if path in ENDPOINTS else "other"
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def create_app(server: Server, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The FastAPI app of ``server``; its lifespan starts the engine thread (then calls ``on_ready``) and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        server.worker.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            server.worker.stop()
+
+    app = FastAPI(title="d3llm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(APIError(exc.status_code, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not server.worker.alive:
+            return error_response(APIError(503, f"the decoding engine is not running ({server.worker._death()})",
+                                           code="engine_dead"))
+        return JSONResponse({"status": "ok"})
+
+    def model_card() -> dict:
+        return {"id": server.config.model_name, "object": "model", "created": server.created, "owned_by": "d3llm",
+                "max_model_len": server.max_length, "method": server.fields.method}
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> JSONResponse:
+        if name != server.config.model_name:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves "
+                                f"'{server.config.model_name}'", code="model_not_found", param="model")
+        return JSONResponse(model_card())
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await server.decode(request, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await server.decode(request, "chat")
+
+    metrics = Mount("/metrics", app=make_asgi_app(registry=server.metrics.registry))
+    metrics.path_regex = re.compile("^/metrics(?P<path>.*)$")  # /metrics itself, without a redirect to /metrics/
+    app.router.routes.append(metrics)
+
+    if server.config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=server.config.api_key)
+    app.add_middleware(RequestCounter, metrics=server.metrics)  # outermost: 401s are counted too
+    return app
