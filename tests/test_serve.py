@@ -103,7 +103,7 @@ def assert_error(status, body, expected_status, code, param=None):
 
 
 def metrics(server, key=None) -> dict[str, float]:
-    status, _, _ = 200, None, None
+    """The server's Prometheus samples by name (with labels)."""
     url = urlparse(server.url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
     try:

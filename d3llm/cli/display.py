@@ -70,9 +70,9 @@ class CanvasView:
             lines.append(line)
         if self._live is None:
             self._live = Live(Group(*lines), refresh_per_second=30, transient=self.transient)
-            self._live.start()
+            self._live.start(refresh=True)
         else:
-            self._live.update(Group(*lines))
+            self._live.update(Group(*lines), refresh=True)  # every step is drawn, however fast decoding is
 
     def close(self) -> None:
         if self._live is not None:

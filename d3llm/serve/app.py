@@ -144,7 +144,11 @@ class Server:
 
         job = self.make_job(req, ids, kind, deliver)
         self.worker.submit(job)
-        first = await inbox.get()
+        try:
+            first = await inbox.get()
+        except asyncio.CancelledError:  # the server is shutting down the handler: do not decode for nobody
+            self.worker.cancel(job.id)
+            raise
         if first[0] != "accepted":
             raise first[1]
         reply = Reply(self, request, job, inbox, kind, req)

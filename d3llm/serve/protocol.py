@@ -142,10 +142,10 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
     for name, value in body.items():
         if name in COMMON_FIELDS or name in own or name in METADATA:
             continue
-        if name in NEUTRAL:
-            _check_neutral(name, value)
-        elif name in fields.per_row and name not in fields.openai_names:
+        if name in fields.per_row and name not in fields.openai_names:
             req.engine_params[name] = value
+        elif name in NEUTRAL:
+            _check_neutral(name, value)
         elif name in fields.openai_names:
             raise bad_request(f"'{name}' is set through the OpenAI field '{fields.openai_names[name]}'",
                               param=name, code="unknown_parameter")
