@@ -4,8 +4,10 @@ It starts the server itself (a subprocess on a free port), sends the same fixed 
 from N concurrent clients for every N (default 1, 4, 16: each client takes the next unsent request until none are
 left), and reports per N: aggregate tokens/s (completion tokens of all requests / wall time from the first request
 to the last answer), time to first committed token (the first chunk with text) and request latency, p50 and p99,
-plus the ratio of every N's tokens/s to one client at a time, measured in the same run against the same server. It
-writes JSON stamped with the hardware and software versions.
+plus the ratio of every N's tokens/s to one client at a time, measured in the same run against the same server. For
+reference it then decodes the same requests with :class:`d3llm.Engine` in its own process, at most N in flight (the
+batching gain of the engine itself, without HTTP: the ceiling of the server's ratio). It writes JSON stamped with
+the hardware and software versions.
 
     flock -x /work/cpu.lock python benchmarks/serve.py --threads 1          # the shipped teacher
     python benchmarks/serve.py --model DIR --requests 128 --clients 1 8 32 --server-arg --max-batch=32
@@ -115,6 +117,34 @@ def load(url: str, bodies: list[dict], clients: int, timeout: float) -> dict:
     }
 
 
+def engine_alone(folder: str, server_args: list[str], prompts: list[list[int]], clients: list[int],
+                 threads: int) -> list[dict]:
+    """The same requests through :class:`d3llm.Engine` in this process, with at most N in flight: how much batching
+    the engine itself gains on this machine (the ceiling for the server's ratio)."""
+    import torch
+
+    from d3llm.cli.main import build_parser
+    from d3llm.cli.options import decoder_params
+
+    args = build_parser().parse_args(["serve", *server_args])
+    torch.set_num_threads(threads)
+    model = d3llm.load_model(folder)
+    out = []
+    for n in [clients[0], *clients]:  # the first run warms up
+        engine = d3llm.Engine(model, args.method, max_batch=args.max_batch, **decoder_params(args))
+        todo, tokens = list(prompts), 0
+        t0 = time.perf_counter()
+        while todo or engine.has_work:
+            while todo and engine.num_active + engine.num_waiting < n:
+                engine.add_request(todo.pop(0))
+            tokens += sum(len(e.new_tokens) for e in engine.step())
+        out.append({"clients": n, "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1)})
+    out = out[1:]
+    for r in out:
+        r["speedup_vs_one_at_a_time"] = round(r["tokens_per_s"] / out[0]["tokens_per_s"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model folder (default: the shipped teacher)")
@@ -154,11 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None:
         for r in runs:
             r["speedup_vs_one_at_a_time"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+    tokenizer = d3llm.load_tokenizer(folder)
+    prompts = [d3llm.encode_prompt(tokenizer, b["messages"][0]["content"]) for b in bodies]
+    alone = engine_alone(folder, server_args, prompts, args.clients, args.threads)
+    for r in alone:
+        print(f"engine alone, {r['clients']:3d} in flight: {r['tokens_per_s']:8.1f} tokens/s "
+              f"({r['speedup_vs_one_at_a_time']}x)")
     model = d3llm.load_model(folder)
     record = {
         "benchmark": "serve", "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model_folder": folder, "server_args": server_args, "requests": args.requests,
         "environment": {**environment(model), "server_threads": args.threads}, "runs": runs,
+        "engine_alone": alone,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -474,17 +475,20 @@ def test_health_is_503_after_the_engine_died(teacher):
     from d3llm.cli.serve import bind
     from d3llm.serve.app import ServeConfig, Server, create_app
 
+    import torch
+
     model = d3llm.load_model(default_model_path())
     tokenizer = teacher[1]
-    forward = model.forward
     broken = threading.Event()
 
-    def failing_forward(*args, **kwargs):
+    def fail_when_broken(module, inputs):  # every forward path embeds its tokens first
         if broken.is_set():
             raise RuntimeError("injected device failure")
-        return forward(*args, **kwargs)
 
-    model.forward = failing_forward
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert embeddings
+    for m in embeddings:
+        m.register_forward_pre_hook(fail_when_broken)
     server = Server(d3llm.Engine(model), tokenizer, ServeConfig(model_name=MODEL))
     sock = bind("127.0.0.1", 0)
     uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="critical", lifespan="on"))
@@ -512,3 +516,12 @@ def test_health_is_503_after_the_engine_died(teacher):
         thread.join(15)
         sock.close()
     assert not thread.is_alive()
+
+
+def test_bad_launch_settings_are_one_line_errors():
+    for args, words in ((["--threshold", "-1"], "threshold"), (["--max-batch", "0"], "--max-batch")):
+        done = subprocess.run([sys.executable, "-m", "d3llm.cli.main", "serve", "--port", "0", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("d3llm serve: error:") and words in lines[0], done.stderr
