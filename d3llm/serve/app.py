@@ -105,12 +105,12 @@ class Server:
         max_tokens = req.max_tokens if req.max_tokens is not None else self.default_max_tokens
         canvas = self.canvas_length(max_tokens)
         field = "messages" if kind == "chat" else "prompt"
+        rounded = f" (rounded up to {canvas}, whole blocks of {self.block_size})" if canvas != max_tokens else ""
         if canvas >= self.max_length:
-            raise bad_request(f"max_tokens={max_tokens} ({canvas} positions: whole blocks of {self.block_size}) "
-                              f"leaves no room for a prompt in this model's maximum length of {self.max_length} "
-                              f"tokens", param="max_tokens", code="context_length_exceeded")
+            raise bad_request(f"max_tokens={max_tokens}{rounded} leaves no room for a prompt in this model's maximum "
+                              f"length of {self.max_length} tokens", param="max_tokens",
+                              code="context_length_exceeded")
         if len(ids) + canvas > self.max_length:
-            rounded = f" (rounded up to {canvas}, whole blocks of {self.block_size})" if canvas != max_tokens else ""
             raise bad_request(f"this model's maximum context length is {self.max_length} tokens; the prompt has "
                               f"{len(ids)} tokens and max_tokens={max_tokens}{rounded} needs {canvas} more; shorten "
                               f"the prompt to at most {self.max_length - canvas} tokens or lower max_tokens",
