@@ -256,3 +256,22 @@ def test_generate_messages_for_the_same_mistakes():
         d3llm.generate(model, [[1, 2], []], "multi_block", max_new_tokens=32, block_size=32)
     with pytest.raises(GenerationError, match=r"prompt 1 is empty"):
         Engine(model, "multi_block").add_request([], request_id=1)
+
+
+@pytest.mark.parametrize("name", ["multi_block_kv_d2_r3_es", "fast_dllm_dual", "block_entropy"])
+def test_a_token_budget_splits_the_batch_without_changing_a_row(trained_models, name):
+    """``max_forward_tokens`` packs consecutive rows into several forwards per step: same tokens, NFE, positions."""
+    model = trained_models["llada"]
+    method, params = SETTINGS[name]
+    batch = prompts(5, seed=40)
+    results = []
+    for budget in (None, 30):
+        engine = Engine(model, method, max_forward_tokens=budget, **shared(model, method, params))
+        outputs, _ = run_staggered(engine, [dict(prompt=p, **row_params(method, params, g))
+                                            for p, g in zip(batch, GENS + [GEN])], joins=[0, 0, 0, 1, 3])
+        results.append((outputs, engine.stats))
+    assert engine._forward_groups(np.array([20, 9, 25, 40, 3])) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    (a, stats_a), (b, stats_b) = results
+    for i in range(len(batch)):
+        assert a[i].generated.tolist() == b[i].generated.tolist() and a[i].nfe == b[i].nfe
+    assert stats_a.positions == stats_b.positions and stats_a.steps == stats_b.steps
