@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from d3llm.cli.options import add_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("aup", help="AUP leaderboard of a YAML file or of sweep results", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "aup", "AUP leaderboard of a YAML file or of sweep results", __doc__)
     p.add_argument("results", nargs="*", metavar="RESULTS.json", help="sweep results written by `d3llm sweep`")
     p.add_argument("--yaml", action="append", default=[], metavar="FILE",
                    help="a leaderboard in the reference's YAML layout (task -> method -> [[TPF, accuracy %], ...]); "

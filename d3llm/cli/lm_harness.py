@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from d3llm.cli.options import add_parser
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lm-eval", help="lm-evaluation-harness with the d3llm model (arguments go to lm-eval)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p = add_parser(sub, "lm-eval", "lm-evaluation-harness with the d3llm model (arguments go to lm-eval)", __doc__)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments, passed unchanged")
     p.set_defaults(func=run)
 

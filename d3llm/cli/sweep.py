@@ -20,16 +20,17 @@ import argparse
 import shlex
 import sys
 
-from d3llm.cli.options import add_decoder_flags, decoder_params
+from d3llm.cli.options import (add_decoder_flags, add_parser, add_threads_flag, apply_threads, check_model_folder,
+                               decoder_params)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="accuracy-parallelism sweep with AUP, JSON, table and plot",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_parser(sub, "sweep", "accuracy-parallelism sweep with AUP, JSON, table and plot", __doc__)
     p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="model folder; repeat for several (default: the shipped tiny teacher)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: as stored)")
+    add_threads_flag(p)
     p.add_argument("--config", default=None, metavar="SWEEP.yaml", help="what to sweep (see d3llm.eval.sweep)")
     p.add_argument("--task", default=None, help="'arith' (its test split) or a JSONL file (default: arith)")
     p.add_argument("--methods", default=None, help="comma-separated methods to sweep (without --config)")
@@ -91,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("the plot needs matplotlib: pip install 'd3llm[eval]' (or pass --no-plot)") from None
-    models = args.model
+    models = [check_model_folder(m) for m in args.model]
     if not models:
         from d3llm.assets import default_model_path
 
         models = [str(default_model_path())]
     results = run_sweep(models, config, device=args.device, dtype=args.dtype, progress=not args.no_progress,
+                        on_load=lambda model: apply_threads(args.threads, model),
                         command=shlex.join(["d3llm", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "")
     paths = write_outputs(results, out, png=not args.no_plot)
     print(paths["table"].read_text(encoding="utf-8"))

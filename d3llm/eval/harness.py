@@ -13,15 +13,18 @@ the arguments unchanged) or from Python::
     results = lm_eval.simple_evaluate(model=lm, tasks=["gsm8k_cot_zeroshot"], apply_chat_template=True)
     lm.stats                                   # tokens, NFE, TPF, tokens/s of the generate_until requests
 
-``model_args``: ``pretrained`` (model folder), ``method`` (a decoder of ``d3llm.generate``), ``device``,
+``model_args``: ``pretrained`` (model folder, default the shipped teacher), ``method`` (a decoder of
+``d3llm.generate``; default the folder's), ``device``,
 ``dtype``, ``batch_size``, every decoder parameter (``threshold``, ``block_size``, ``max_new_tokens``, ``steps``,
 ``cache``, ...), and for log-likelihoods ``mc_num`` (128), ``mc_batch_size`` (32), ``seed`` (1234),
 ``check_greedy`` (true).
 
 * ``generate_until``: requests are decoded in batches of ``batch_size`` with the given decoder. The task's stop
   strings (``until``) cut the decoded text (special tokens kept, as LLaDA's adapter does), then special tokens are
-  removed. ``max_new_tokens`` is the model argument if given, else the task's ``max_gen_toks`` if it sets one, else
-  the decoder's default; a task's sampling temperature applies unless ``temperature`` is a model argument. A warm-up
+  removed. Decoder settings are the model arguments, then the model folder's ``generation_config.json`` (as for
+  ``d3llm.generate``); a task's ``max_gen_toks`` is not used (a diffusion model decodes a fixed canvas, and LLaDA's
+  adapter ignores it too), a task's sampling temperature (``do_sample``) applies unless ``temperature`` is a model
+  argument. A warm-up
   batch is decoded first and not counted; TPF counts the tokens of the cut text (re-tokenized, end-of-text excluded)
   per forward, as SPEC 8.1.
 * ``loglikelihood``: the masked-diffusion Monte-Carlo estimate that LLaDA's evaluation uses (the ELBO bound of
@@ -59,7 +62,7 @@ class D3LLMHarnessModel(TemplateLM):
     backend = "causal"
     instances: list[D3LLMHarnessModel] = []  # every model built in this process (the CLI reports their stats)
 
-    def __init__(self, pretrained: str | None = None, method: str = "multi_block", device: str | None = None,
+    def __init__(self, pretrained: str | None = None, method: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str | None = 8, max_batch_size: int | None = None,
                  mc_num: int = 128, mc_batch_size: int = 32, seed: int = 1234, check_greedy: bool = True,
                  **decoder_params) -> None:
@@ -118,13 +121,11 @@ class D3LLMHarnessModel(TemplateLM):
 
     # -- generate_until ---------------------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        from d3llm.decoding.methods import METHODS, method_class
+        from d3llm.decoding.defaults import resolve_decoder
         from d3llm.errors import D3LLMError
 
-        if self.method not in METHODS:
-            raise ConfigError(f"model_args method={self.method!r}: expected one of {list(METHODS)}")
         try:
-            method_class(self.method, self.model.family).Params.from_kwargs(self.method, dict(self.decoder_params))
+            self.method = resolve_decoder(self.model, self.method, dict(self.decoder_params))[0]
         except D3LLMError as exc:
             raise ConfigError(f"model_args: {exc}") from None
 
@@ -137,8 +138,6 @@ class D3LLMHarnessModel(TemplateLM):
         if eos_text and eos_text not in until:
             until.append(eos_text)
         params = dict(self.decoder_params)
-        if "max_new_tokens" not in params and "gen_length" not in params and kwargs.get("max_gen_toks"):
-            params["max_new_tokens"] = int(kwargs["max_gen_toks"])
         if "temperature" not in params and kwargs.get("do_sample") and kwargs.get("temperature"):
             params["temperature"] = float(kwargs["temperature"])
         return params, until

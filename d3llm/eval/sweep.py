@@ -19,8 +19,8 @@ The configuration file (YAML)::
     limit: 200             # problems per point
     batch_size: 50
     metric: strict         # strict (#### N) or flexible (last number)
-    decoder:               # shared by every point, the one-token-per-forward point included
-      max_new_tokens: 48
+    decoder:               # shared by every point, the one-token-per-forward point included; anything not
+      max_new_tokens: 48   # set here or under methods comes from the model folder's generation_config.json
       block_size: 16
     methods:
       fast_dllm:
@@ -29,6 +29,10 @@ The configuration file (YAML)::
       multi_block:
         threshold: [0.05, 0.2, 1.0]
         block_add_threshold: 0.1
+      multi_block no cache:  # a second curve of one method: name it and say which method
+        method: multi_block
+        threshold: [0.05, 0.2, 1.0]
+        cache_delay_iter: null
 """
 
 from __future__ import annotations
@@ -58,11 +62,16 @@ RESULTS_KIND = "d3llm-sweep"
 
 @dataclass
 class MethodGrid:
-    """One method's curve: its thresholds and the parameters fixed along it."""
+    """One curve: a method, its thresholds and the parameters fixed along it; ``name`` labels the curve (the
+    method's name unless the config gives several curves of one method)."""
 
     method: str
     thresholds: list[float]
     params: dict = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.method
 
 
 @dataclass
@@ -80,9 +89,9 @@ class SweepConfig:
 
     @classmethod
     def default(cls, methods: Sequence[str] = SWEEPABLE, thresholds: Sequence[float] | None = None, **kw):
+        for method in methods:
+            _check_method(method, "--methods", "the command line")
         grids = [MethodGrid(m, list(thresholds) if thresholds else list(DEFAULT_THRESHOLDS[m])) for m in methods]
-        for grid in grids:
-            _check_method(grid.method, "--methods", "the command line")
         return cls(methods=grids, **kw)
 
     @classmethod
@@ -113,20 +122,21 @@ class SweepConfig:
         if not isinstance(methods, Mapping) or not methods:
             raise ConfigError(f"{source}: 'methods' must map method names to their settings, got {methods!r}")
         grids = []
-        for method, settings in methods.items():
-            _check_method(method, f"methods.{method}", source)
+        for name, settings in methods.items():
             settings = {} if settings is None else settings
             if not isinstance(settings, Mapping):
-                raise ConfigError(f"{source}: methods.{method}: expected a mapping of parameters, got {settings!r}")
+                raise ConfigError(f"{source}: methods.{name}: expected a mapping of parameters, got {settings!r}")
             settings = dict(settings)
+            method = settings.pop("method", name)
+            _check_method(method, f"methods.{name}" + (".method" if method != name else ""), source)
             thresholds = settings.pop("threshold", DEFAULT_THRESHOLDS[method])
             if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
                 thresholds = [thresholds]
             if (not isinstance(thresholds, list) or not thresholds
                     or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in thresholds)):
-                raise ConfigError(f"{source}: methods.{method}.threshold must be a number or a non-empty list of "
+                raise ConfigError(f"{source}: methods.{name}.threshold must be a number or a non-empty list of "
                                   f"numbers, got {thresholds!r}")
-            grids.append(MethodGrid(str(method), [float(t) for t in thresholds], settings))
+            grids.append(MethodGrid(str(method), [float(t) for t in thresholds], settings, name=str(name)))
         decoder = data.get("decoder") or {}
         if not isinstance(decoder, Mapping):
             raise ConfigError(f"{source}: 'decoder' must be a mapping of decoder parameters, got {decoder!r}")
@@ -148,36 +158,39 @@ class SweepConfig:
             raise ConfigError(f"{source}: task must be 'arith' or a JSONL path, got {task!r}")
         return cls(methods=grids, task=task, metric=metric, decoder=dict(decoder), source=source, **kw)
 
-    def settings(self, family: str) -> list[tuple[str, float | None, dict]]:
-        """(method, threshold, parameters) of every point for a model family, the one-token-per-forward point
-        first; parameters are checked against each method (errors name the config key)."""
-        from d3llm.decoding.methods import method_class
+    def settings(self, model) -> list[tuple[str, str, float | None, dict]]:
+        """(curve, method, threshold, parameters) of every point for ``model``, the one-token-per-forward point
+        first (curve None).
+
+        Parameters not set by the sweep come from the model folder's ``generation_config.json``, then the method's
+        defaults, as in ``d3llm.generate``; every point is resolved here, so a bad value fails before any decoding
+        (the error names the config key).
+        """
+        from d3llm.decoding.defaults import resolve_decoder
 
         def resolve(method: str, params: dict, key: str) -> dict:
             try:
-                return dict(vars(method_class(method, family).Params.from_kwargs(method, params)))
+                return dict(vars(resolve_decoder(model, method, params)[2]))
             except D3LLMError as exc:
                 raise ConfigError(f"{self.source}: {key}: {exc}") from None
 
-        gen = next((self.decoder[k] for k in ("max_new_tokens", "gen_length") if k in self.decoder),
-                   method_class(BASELINE, family).Params().max_new_tokens)
+        gen = resolve(BASELINE, dict(self.decoder), "decoder")["max_new_tokens"]
         one_per_forward = {k: v for k, v in self.decoder.items() if k != "gen_length"}
         one_per_forward.update(max_new_tokens=gen, steps=gen)
-        points = [(BASELINE, None, one_per_forward)]
         resolve(BASELINE, one_per_forward, "decoder (one token per forward: vanilla, steps = max_new_tokens)")
+        points = [(None, BASELINE, None, one_per_forward)]
         for grid in self.methods:
             for t in grid.thresholds:
                 params = {**self.decoder, **grid.params, "threshold": t}
-                if grid.method != "multi_block" and "steps" not in params:
-                    params["steps"] = gen  # the block-sequential quota: at least one token per forward
-                resolve(grid.method, params, f"methods.{grid.method}")
-                points.append((grid.method, t, params))
+                resolve(grid.method, params, f"methods.{grid.name}")
+                points.append((grid.name, grid.method, t, params))
         return points
 
     def to_dict(self) -> dict:
         return {"task": self.task, "limit": self.limit, "batch_size": self.batch_size, "seed": self.seed,
                 "metric": self.metric, "decoder": self.decoder,
-                "methods": {g.method: {"threshold": g.thresholds, **g.params} for g in self.methods}}
+                "methods": {g.name: {**({"method": g.method} if g.name != g.method else {}), "threshold": g.thresholds,
+                                     **g.params} for g in self.methods}}
 
 
 def _check_method(method, key: str, source: str) -> None:
@@ -204,10 +217,11 @@ def _model_labels(folders: Sequence[str]) -> list[str]:
 
 
 def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=None, progress: bool = True,
-              command: str = "") -> dict:
+              command: str = "", on_load=None) -> dict:
     """Decode every point of ``config`` for every model folder; return the results (see :func:`write_outputs`).
 
-    Every model folder, the dataset and every point's parameters are checked before any decoding.
+    Every model folder, the dataset and every point's parameters are checked before any decoding. ``on_load(model)``
+    is called after each model is loaded (the CLI sets the thread count there).
     """
     import d3llm
     from d3llm.eval.environment import environment
@@ -225,7 +239,9 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
     loaded = []
     for folder, label in zip(models, _model_labels(models)):
         model = d3llm.load_model(folder, device=device, dtype=dtype)
-        loaded.append((folder, label, model, d3llm.load_tokenizer(folder), config.settings(model.family)))
+        if on_load is not None:
+            on_load(model)
+        loaded.append((folder, label, model, d3llm.load_tokenizer(folder), config.settings(model)))
 
     bar = _SweepBar(sum(len(s) for *_, s in loaded) * n) if progress else None
     t0 = time.perf_counter()
@@ -234,16 +250,17 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
         for folder, label, model, tokenizer, settings in loaded:
             stamps[label] = {"path": str(folder), "environment": environment(model)}
             warmed: set[str] = set()
-            for method, threshold, params in settings:
+            for curve, method, threshold, params in settings:
                 if bar is not None:
-                    bar.describe(f"{label} {method}" + ("" if threshold is None else f" @ {threshold:g}"))
+                    bar.describe(f"{label} {curve or method}" + ("" if threshold is None else f" @ {threshold:g}"))
                 result = evaluate(model, tokenizer, dataset, method, params, batch_size=config.batch_size, limit=n,
                                   seed=config.seed, warmup=method not in warmed,
                                   on_batch=bar.advance if bar is not None else None)
                 warmed.add(method)
                 latencies = np.array([r.batch_wall_s for r in result.records])
                 points.append({
-                    "model": label, "method": method, "threshold": threshold, "baseline": threshold is None,
+                    "model": label, "curve": curve, "method": method, "threshold": threshold,
+                    "baseline": curve is None,
                     "accuracy": round(result.strict if config.metric == "strict" else result.flexible, 4),
                     "strict": round(result.strict, 4), "flexible": round(result.flexible, 4),
                     "tpf": round(result.tpf, 4), "tokens_per_s": round(result.tokens_per_s, 1),
@@ -255,9 +272,8 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
             base = next(i for i, p in enumerate(points) if p["model"] == label and p["baseline"])
             curves[f"{label} {BASELINE} (1 token/forward)"] = {"model": label, "method": BASELINE, "points": [base]}
             for grid in config.methods:
-                mine = [i for i, p in enumerate(points) if p["model"] == label and p["method"] == grid.method
-                        and not p["baseline"]]
-                curves[f"{label} {grid.method}"] = {"model": label, "method": grid.method, "points": [base, *mine]}
+                mine = [i for i, p in enumerate(points) if p["model"] == label and p["curve"] == grid.name]
+                curves[f"{label} {grid.name}"] = {"model": label, "method": grid.method, "points": [base, *mine]}
     finally:
         if bar is not None:
             bar.close()
@@ -329,10 +345,10 @@ def markdown_table(results: dict) -> str:
     """Every point (accuracy, TPF, tokens/s, latency, NFE), then the AUP of every curve."""
     metric = results["metric"]
     lines = [f"Task {results['task']}, {results['n']} problems per point, accuracy = {metric} exact match.", "",
-             "| model | method | threshold | accuracy % | TPF | tokens/s | latency p50 / p99 (s) | NFE |",
+             "| model | curve | threshold | accuracy % | TPF | tokens/s | latency p50 / p99 (s) | NFE |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for p in results["points"]:
-        method = f"{p['method']} (1 token/forward)" if p["baseline"] else p["method"]
+        method = f"{p['method']} (1 token/forward)" if p["baseline"] else p["curve"]
         threshold = "" if p["threshold"] is None else f"{p['threshold']:g}"
         lines.append(f"| {p['model']} | {method} | {threshold} | {p['accuracy']:.2f} | {p['tpf']:.2f} | "
                      f"{p['tokens_per_s']:,.0f} | {p['latency_p50_s']:.3f} / {p['latency_p99_s']:.3f} | {p['nfe']} |")
