@@ -29,6 +29,7 @@ from pathlib import Path
 
 from d3llm.errors import AUPError, ConfigError
 from d3llm.eval.aup_metric import aup, check_points, within_floor
+from d3llm.eval.yaml_file import read_yaml
 
 LeaderboardData = Mapping[str, Mapping[str, Sequence[Sequence[float]]]]
 
@@ -151,16 +152,8 @@ def read_leaderboard_yaml(path: str | os.PathLike) -> dict[str, dict[str, list[t
 
     Every problem is a :class:`~d3llm.errors.D3LLMError` naming the file, the task, the method and the point.
     """
-    import yaml
-
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"leaderboard file '{file}' does not exist; expected a YAML file of task -> method -> "
-                          "list of [TPF, accuracy %] pairs")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+    data = read_yaml(file, "leaderboard file", "a YAML file of task -> method -> list of [TPF, accuracy %] pairs")
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{file}: expected a mapping of task -> method -> list of [TPF, accuracy %] pairs, "
                           f"got {type(data).__name__ if data is not None else 'an empty file'}")

@@ -96,16 +96,10 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> SweepConfig:
-        import yaml
+        from d3llm.eval.yaml_file import read_yaml
 
         file = Path(path).expanduser()
-        if not file.is_file():
-            raise ConfigError(f"sweep file '{file}' does not exist; expected a YAML file with 'methods' (see "
-                              "`d3llm sweep --help`)")
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+        data = read_yaml(file, "sweep file", "a YAML file with 'methods' (see `d3llm sweep --help`)")
         return cls.from_dict(data, source=str(file))
 
     @classmethod
