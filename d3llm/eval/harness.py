@@ -21,7 +21,8 @@ the arguments unchanged) or from Python::
 
 * ``generate_until``: requests are decoded in batches of ``batch_size`` with the given decoder. The task's stop
   strings (``until``) cut the decoded text (special tokens kept, as LLaDA's adapter does), then special tokens are
-  removed. Decoder settings are the model arguments, then the model folder's ``generation_config.json`` (as for
+  removed. The decoder does not stop at a stop string yet (a row ends at end-of-text, or earlier with
+  ``early_stop``); that needs a step-wise engine a client can cancel rows of. Decoder settings are the model arguments, then the model folder's ``generation_config.json`` (as for
   ``d3llm.generate``); a task's ``max_gen_toks`` is not used (a diffusion model decodes a fixed canvas, and LLaDA's
   adapter ignores it too), a task's sampling temperature (``do_sample``) applies unless ``temperature`` is a model
   argument. A warm-up
