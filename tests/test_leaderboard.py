@@ -7,7 +7,7 @@ import pytest
 from d3llm.cli.main import main
 from d3llm.errors import AUPError, ConfigError
 from d3llm.eval import aup
-from d3llm.eval.leaderboard import leaderboard, read_leaderboard_yaml, reference_average
+from d3llm.eval.leaderboards import leaderboard, read_leaderboard_yaml, reference_average
 
 # A leaderboard in the reference's layout (values made up for the test).
 BOARD_YAML = """\

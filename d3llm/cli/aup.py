@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from d3llm.errors import ConfigError
-    from d3llm.eval.leaderboard import leaderboard, read_leaderboard_yaml, reference_average
+    from d3llm.eval.leaderboards import leaderboard, read_leaderboard_yaml, reference_average
     from d3llm.eval.sweep import read_sweep_results, sweep_leaderboard_data
 
     if not args.results and not args.yaml:

@@ -325,7 +325,7 @@ def sweep_leaderboard_data(runs: Sequence[dict]) -> dict[str, dict[str, list[tup
 
 def sweep_leaderboard(results: dict | Sequence[dict]):
     """The AUP leaderboard of sweep results (points below a curve's floor dropped)."""
-    from d3llm.eval.leaderboard import leaderboard
+    from d3llm.eval.leaderboards import leaderboard
 
     runs = [results] if isinstance(results, dict) else list(results)
     return leaderboard(sweep_leaderboard_data(runs), below_floor="drop")
