@@ -11,7 +11,7 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("aup", "demo", "eval", "generate", "info", "lm_harness", "sweep", "train")
+COMMANDS = ("aup", "demo", "distill", "eval", "generate", "info", "lm_harness", "sweep", "train", "trajectories")
 
 
 def build_parser() -> argparse.ArgumentParser:
