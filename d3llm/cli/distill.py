@@ -30,11 +30,12 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.distill.objective import DistillConfig
+    from d3llm.distill.config import DistillConfig
 
     d = DistillConfig(out="")
-    p = sub.add_parser("distill", help="pseudo-trajectory distillation of a teacher into a faster student",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from d3llm.cli.options import add_parser
+
+    p = add_parser(sub, "distill", "pseudo-trajectory distillation of a teacher into a faster student", __doc__)
     p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, the student")
     g = p.add_argument_group("teacher and data")
     g.add_argument("--teacher", default=None, help="teacher model folder; the student starts from it (default: the "
@@ -111,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from d3llm.distill.objective import DistillConfig, DistillationObjective
+    from d3llm.distill.config import DistillConfig
+    from d3llm.distill.objective import DistillationObjective
     from d3llm.training.trainer import train
 
     if args.teacher is None:

@@ -14,11 +14,12 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.distill.extract import ExtractConfig
+    from d3llm.distill.config import ExtractConfig
 
     d = ExtractConfig(teacher="", data="", out="")
-    p = sub.add_parser("trajectories", help="extract teacher trajectories; import/export the reference format",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from d3llm.cli.options import add_parser
+
+    p = add_parser(sub, "trajectories", "extract teacher trajectories; import/export the reference format", __doc__)
     cmds = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     e = cmds.add_parser("extract", help="decode prompts with the teacher, one token per forward, and record the "
@@ -66,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from d3llm.distill.extract import ExtractConfig, extract
+    from d3llm.distill.config import ExtractConfig
+    from d3llm.distill.extract import extract
 
     if args.teacher is None:
         from d3llm.assets import default_model_path

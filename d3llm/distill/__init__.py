@@ -5,6 +5,12 @@
     traj.state(i, k)                           # the teacher's canvas of record i after step k
 """
 
-from d3llm.distill.store import TrajectoryError, TrajectorySet, read_trajectories, state_at
-
 __all__ = ["TrajectoryError", "TrajectorySet", "read_trajectories", "state_at"]
+
+
+def __getattr__(name: str):  # lazy: the command-line parser imports d3llm.distill.config without numpy or torch
+    if name in __all__:
+        from d3llm.distill import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'd3llm.distill' has no attribute {name!r}")

@@ -27,45 +27,13 @@ from pathlib import Path
 import torch
 
 from d3llm.distill import store
+from d3llm.distill.config import ExtractConfig
 from d3llm.distill.store import TrajectoryError
 from d3llm.errors import ConfigError
 from d3llm.training import distributed as distm
 from d3llm.training.objective import seed_of
 
 TEMPERATURE_STEP = 0.1
-
-
-@dataclass
-class ExtractConfig:
-    """Options of ``d3llm trajectories extract`` (see its ``--help``)."""
-
-    teacher: str
-    data: str
-    out: str
-    limit: int | None = None
-    gen_length: int = 48
-    block_size: int = 16
-    chat_template: bool = True
-    attempts: int = 5
-    batch_size: int = 64
-    shard_size: int = 512
-    seed: int = 0
-    data_seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    threads: int | None = None
-    progress: bool | None = None
-
-    def validate(self) -> None:
-        for name in ("gen_length", "block_size", "attempts", "batch_size", "shard_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.gen_length % self.block_size:
-            raise ConfigError(f"--gen-length {self.gen_length} must be a multiple of --block-size {self.block_size}")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be positive, got {self.limit}")
-        if self.threads is not None and self.threads <= 0:
-            raise ConfigError(f"--threads must be positive, got {self.threads}")
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ revealed (LLaDA: hidden).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from d3llm.distill.masking import noisy_inputs, response_lengths
 from d3llm.distill.store import TrajectoryError, model_hashes, read_trajectories
 from d3llm.errors import ConfigError
 from d3llm.training.collate import Encoded, Encoder
-from d3llm.training.objective import LoopConfig, Objective, StepLoss, seed_of
+from d3llm.distill.config import DistillConfig
+from d3llm.training.objective import Objective, StepLoss, seed_of
 
 ENTROPY_WEIGHT = {"llada": 2.0, "dream": 1.0}
 #: the reference's LoRA target list; on LLaDA it matches only q_proj, k_proj, v_proj and up_proj (SPEC 7.6)
@@ -42,79 +43,6 @@ REFERENCE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 ALL_LORA_TARGETS = {"llada": ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
                     "dream": REFERENCE_LORA_TARGETS}
 MB_EVAL = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
-
-
-@dataclass
-class DistillConfig(LoopConfig):
-    """Options of ``d3llm distill`` (see ``d3llm distill --help``): the loop's plus SPEC 7's."""
-
-    steps: int = 1000
-    lr: float = 5e-4
-    warmup_steps: int = 50
-    save_every: int = 250
-    eval_every: int = 250
-    log_every: int = 25
-    teacher: str = ""
-    trajectories: str = ""
-    targets: str = "teacher"
-    data: str | None = None
-    response_length: int | None = None
-    window_sizes: list[int] = field(default_factory=lambda: [16, 16, 24, 24, 32, 32])
-    min_noise: float = 0.0
-    max_noise: float = 0.8
-    fixed_noise: float | None = None
-    fixed_window: int | None = None
-    random_mask: bool = False
-    complementary: bool = True
-    entropy_weight: float | None = None
-    entropy_temperature: float = 0.5
-    whole_response: bool = False
-    micro_batch_size: int | None = None
-    keep_incorrect: bool = False
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "reference"
-    eval_data: str | None = None
-    eval_size: int = 100
-    eval_block_size: int | None = None
-    eval_threshold: float = 0.5
-    eval_cache_delay: int | None = None
-    # filled in by the objective from the files (recorded with the options, checked on --resume)
-    teacher_hash: str | None = None
-    trajectories_hash: str | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.teacher:
-            raise ConfigError("--teacher is required: the model folder whose trajectories are distilled")
-        if not self.trajectories:
-            raise ConfigError("--trajectories is required: a folder written by 'd3llm trajectories extract'")
-        if self.targets not in ("teacher", "data"):
-            raise ConfigError(f"--targets must be 'teacher' (the teacher's own outputs) or 'data' (the source "
-                              f"responses), got {self.targets!r}")
-        if self.targets == "data" and not self.data:
-            raise ConfigError("--targets data needs --data (the source the trajectories were extracted from)")
-        if not self.window_sizes or any(int(b) <= 0 for b in self.window_sizes):
-            raise ConfigError(f"--window-sizes must be positive block sizes, got {self.window_sizes}")
-        if not 0.0 <= self.min_noise <= self.max_noise <= 1.0:
-            raise ConfigError(f"need 0 <= --min-noise <= --max-noise <= 1, got {self.min_noise} and {self.max_noise}")
-        if self.fixed_noise is not None and not 0.0 <= self.fixed_noise <= 1.0:
-            raise ConfigError(f"--fixed-noise must lie in [0, 1], got {self.fixed_noise}")
-        if self.fixed_window is not None and self.fixed_window <= 0:
-            raise ConfigError(f"--fixed-window must be positive, got {self.fixed_window}")
-        if self.micro_batch_size is not None and (self.micro_batch_size <= 0
-                                                  or self.batch_size % self.micro_batch_size):
-            raise ConfigError(f"--micro-batch-size {self.micro_batch_size} must be positive and divide "
-                              f"--batch-size {self.batch_size}")
-        if self.lora_targets not in ("reference", "all"):
-            raise ConfigError(f"--lora-targets must be 'reference' or 'all', got {self.lora_targets!r}")
-        if self.lora and self.lora_r <= 0:
-            raise ConfigError(f"--lora-r must be positive, got {self.lora_r}")
-        if self.eval_size < 0:
-            raise ConfigError(f"--eval-size must be >= 0, got {self.eval_size}")
-        if not self.entropy_temperature > 0:
-            raise ConfigError(f"--entropy-temperature must be positive, got {self.entropy_temperature}")
 
 
 @dataclass
@@ -243,6 +171,7 @@ class DistillationObjective(Objective):
         self.stream = DataStream(ListDataset(list(range(len(self.examples))), str(traj.folder)), cfg.seed)
         self.data_name = f"{len(self.examples):,} trajectories from {traj.folder}"
         self.entropy_weight = ENTROPY_WEIGHT[self.family] if cfg.entropy_weight is None else cfg.entropy_weight
+        model.generation_config = self._generation_config(model.generation_config)
         if cfg.lora:
             model = self._wrap_lora(model)
         self.model = model
@@ -299,6 +228,16 @@ class DistillationObjective(Objective):
             raise ConfigError(f"--data {self.cfg.data}: no response ('llm_response' or 'answer') for trajectory "
                               f"row(s) idx {missing[:5]}; --targets data needs one per trajectory row")
         return by_idx
+
+    def _generation_config(self, base):
+        """The student's decoding defaults: the teacher's, with the evaluation decoder's settings (multi_block)."""
+        from d3llm.models.generation_config import GenerationConfig
+
+        values = {k: v for k, v in (base.values if base is not None else {}).items()
+                  if k not in ("method", "threshold", "block_size", "cache_delay_iter", "refresh_interval")}
+        values.update(method="multi_block", eos_token_id=self.eos_id,
+                      **{k: v for k, v in self.eval_params().items() if v is not None})
+        return GenerationConfig.from_dict(values)
 
     def _wrap_lora(self, model):
         from d3llm.distill.lora import wrap_lora
@@ -372,11 +311,9 @@ class DistillationObjective(Objective):
     # -- evaluation -------------------------------------------------------------------------------------------
     def eval_params(self) -> dict:
         cfg = self.cfg
-        params = dict(MB_EVAL, max_new_tokens=self.traj.gen_length, block_size=cfg.eval_block_size or
-                      self.traj.gen_length, threshold=cfg.eval_threshold)
-        if cfg.eval_cache_delay is not None:
-            params["cache_delay_iter"] = cfg.eval_cache_delay
-        return params
+        return dict(MB_EVAL, max_new_tokens=self.traj.gen_length, block_size=cfg.eval_block_size or
+                    self.traj.gen_length, threshold=cfg.eval_threshold, cache_delay_iter=cfg.eval_cache_delay,
+                    refresh_interval=None)
 
     def evaluate(self, model, device) -> dict[str, float] | None:
         from d3llm.training.sft import decode_accuracy
