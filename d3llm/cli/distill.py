@@ -74,25 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lora-targets", choices=["reference", "all"], default=d.lora_targets,
                    help="'reference': the reference's module list (on LLaDA only q/k/v/up_proj match); 'all': every "
                         "linear of a block by the family's real names (default: %(default)s)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="cosine floor as a fraction of --lr; "
-                                                                              "1 = constant (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up (default: %(default)s)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm, 0 = off "
-                                                                        "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="data order and noise seed (default: %(default)s)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (for GPUs)")
-    g = p.add_argument_group("checkpoints, evaluation, logging")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints "
-                                                                        "(default: %(default)s)")
-    g.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept (default: %(default)s)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations "
-                                                                        "(default: %(default)s)")
+    from d3llm.cli.loop_flags import add_checkpoint_flags, add_optimisation_flags, add_run_flags
+
+    add_optimisation_flags(p, d, "data order and noise seed")
+    g = add_checkpoint_flags(p, d)
     g.add_argument("--eval-data", default=None, help="held-out problems (default: arith:test for arith "
                                                      "trajectories)")
     g.add_argument("--eval-size", type=int, default=d.eval_size, help="problems decoded per evaluation, 0 = none "
@@ -102,12 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-threshold", type=float, default=d.eval_threshold,
                    help="multi_block entropy threshold of the evaluation (default: %(default)s)")
     g.add_argument("--eval-cache-delay", type=int, default=None, help="evaluate with the KV cache at this delay")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines "
-                                                                      "(default: %(default)s)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="force the progress bar on or off (default: on a terminal)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    add_run_flags(g, d)
     p.set_defaults(func=run)
 
 

@@ -30,7 +30,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.training.config import DEFAULT_WARMUP, TrainConfig
+    from d3llm.training.config import TrainConfig
 
     d = TrainConfig(out="")
     from d3llm.cli.options import add_parser
@@ -53,40 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config.json field of a new model, e.g. --set n_layers=6 (repeatable)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, or the "
                                                      "built-in task tokenizer)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="cosine floor as a fraction of --lr (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=None,
-                   help=f"linear warm-up steps (default: {DEFAULT_WARMUP}, at most a tenth of --steps)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm, 0 = off "
-                                                                        "(default: %(default)s)")
+    from d3llm.cli.loop_flags import add_checkpoint_flags, add_optimisation_flags, add_run_flags
+
+    g = add_optimisation_flags(p, d, "initialisation and masking seed")
     g.add_argument("--eps", type=float, default=d.eps, help="minimum masking ratio (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="initialisation and masking seed (default: %(default)s)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (for GPUs)")
-    g = p.add_argument_group("checkpoints, evaluation, logging")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints "
-                                                                        "(default: %(default)s)")
-    g.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept (default: %(default)s)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations "
-                                                                        "(default: %(default)s)")
+    g = add_checkpoint_flags(p, d)
     g.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out examples for the eval loss "
                                                                       "(default: %(default)s)")
     g.add_argument("--eval-decode", default=None, metavar="METHOD",
                    help="also decode held-out answers with this method (e.g. vanilla) and report exact match")
     g.add_argument("--eval-decode-size", type=int, default=d.eval_decode_size,
                    help="examples decoded per evaluation (default: %(default)s)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines "
-                                                                      "(default: %(default)s)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="force the progress bar on or off (default: on a terminal)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's, one per "
-                                                             "core; under torchrun, cores / processes)")
+    add_run_flags(g, d)
     p.set_defaults(func=run)
 
 

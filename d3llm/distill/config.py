@@ -48,7 +48,6 @@ class DistillConfig(LoopConfig):
 
     steps: int = 1000
     lr: float = 5e-4
-    warmup_steps: int = 50
     save_every: int = 250
     eval_every: int = 250
     log_every: int = 25

@@ -16,7 +16,6 @@ shard exists (after a process-group barrier, not by polling the filesystem).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -120,30 +119,23 @@ def load_source(spec: str, limit: int | None, data_seed: int) -> tuple[list[Sour
     if not file.is_file():
         raise ConfigError(f"--data {spec!r} is neither the built-in task ('arith', 'arith:train') nor an existing "
                           f"JSONL file")
+    from d3llm.tasks.data import iter_jsonl
+
     rows = []
-    with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{file}:{lineno}: not valid JSON ({exc.msg}); expected one object per line") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{file}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            question, ids = obj.get("question"), obj.get("prompt_ids")
-            if ids is not None:
-                if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool)
-                                                                   for t in ids):
-                    raise ConfigError(f"{file}:{lineno}: 'prompt_ids' must be a non-empty list of token ids")
-            elif not isinstance(question, str) or not question.strip():
-                raise ConfigError(f"{file}:{lineno}: each row needs a non-empty string 'question' or a list "
-                                  f"'prompt_ids' (found {sorted(obj)})")
-            response = obj.get("llm_response", obj.get("answer"))
-            rows.append(SourceRow(len(rows), question if isinstance(question, str) else None, ids, gold_of(obj),
-                                  response if isinstance(response, str) else None))
-            if limit is not None and len(rows) >= limit:
-                break
+    for lineno, obj in iter_jsonl(file):
+        question, ids = obj.get("question"), obj.get("prompt_ids")
+        if ids is not None:
+            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                               for t in ids):
+                raise ConfigError(f"{file}:{lineno}: 'prompt_ids' must be a non-empty list of token ids")
+        elif not isinstance(question, str) or not question.strip():
+            raise ConfigError(f"{file}:{lineno}: each row needs a non-empty string 'question' or a list "
+                              f"'prompt_ids' (found {sorted(obj)})")
+        response = obj.get("llm_response", obj.get("answer"))
+        rows.append(SourceRow(len(rows), question if isinstance(question, str) else None, ids, gold_of(obj),
+                              response if isinstance(response, str) else None))
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
         raise ConfigError(f"{file} holds no rows; expected JSON objects with 'question' (or 'prompt_ids'), one per line")
     return rows, {"spec": str(file), "sha256": store.sha256_file(file), "limit": limit}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from d3llm.errors import D3LLMError
+from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
@@ -60,14 +61,6 @@ def require_pyarrow():
     except ImportError:  # pragma: no cover - depends on the installation
         raise D3LLMError("trajectory sets are Parquet files: install pyarrow (pip install 'd3llm[distill]')") from None
     return pyarrow
-
-
-def sha256_file(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def files_hash(folder: Path, names: tuple[str, ...]) -> str | None:
