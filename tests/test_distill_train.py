@@ -270,3 +270,28 @@ def test_distill_input_errors(setup, tmp_path, capsys):
         from d3llm.distill import read_trajectories
 
         read_trajectories(tmp_path)
+
+
+def test_targets_from_the_source_data(setup, tmp_path):
+    """--targets data: the source rows' answers are the targets; the trajectory's order still picks the masks (its
+    padding beyond the N teacher positions reads as never decoded for LLaDA)."""
+    from d3llm.distill.config import DistillConfig
+    from d3llm.distill.objective import DistillationObjective
+    from d3llm.tasks import arith
+    from d3llm.training.distributed import DistInfo
+
+    teacher, traj = setup["llada"]
+    cfg = DistillConfig(out=str(tmp_path / "o"), teacher=str(teacher), trajectories=str(traj), targets="data",
+                        data="arith", response_length=48, batch_size=4, keep_incorrect=True, eval_size=0)
+    objective = DistillationObjective(cfg)
+    objective.setup(DistInfo(), tmp_path)
+    tok = d3llm.load_tokenizer(teacher)
+    encoded, order = objective.examples[0]
+    answer = tok.encode(arith.make_problem("train", 0).answer, add_special_tokens=False)
+    assert encoded.response[:len(answer)] == answer and len(encoded.response) == 48
+    assert order[16:].tolist() == [16] * 32
+    batch = objective.batch(0, 0, 1, "cpu")
+    assert batch.noisy.shape == batch.targets.shape and batch.targets.shape[1] == len(encoded.prompt) + 48
+    assert torch.isfinite(objective.loss(objective.model, batch).loss)
+    with pytest.raises(d3llm.ConfigError, match="--targets data needs --data"):
+        DistillConfig(out="x", teacher="t", trajectories="t", targets="data").validate()

@@ -15,7 +15,8 @@ import torch
 import d3llm
 from d3llm.cli.main import main
 from d3llm.distill import TrajectoryError, read_trajectories, state_at
-from d3llm.distill.extract import ExtractConfig, answer_matches, decode_shard, load_source, prompt_of, \
+from d3llm.distill.config import ExtractConfig
+from d3llm.distill.extract import answer_matches, decode_shard, load_source, prompt_of, \
     teacher_decoder
 from d3llm.distill.reference import export_reference, import_reference
 from distill_helpers import BLOCK, GEN, extract_args, tiny_teacher
