@@ -60,6 +60,13 @@ def test_greedy_equals_transformers_generate(pair):
     assert result.tokens[0] == row0[:k] and result.nfe[0] == k + 1
 
 
+def test_a_causal_model_decodes_autoregressively_by_default(pair):
+    model, _ = pair
+    result = d3llm.generate(model, prompts(2), max_new_tokens=6)
+    assert result.method == "autoregressive"
+    assert torch.equal(result.sequences, d3llm.generate(model, prompts(2), "autoregressive", max_new_tokens=6).sequences)
+
+
 def test_sampling_repeats_with_a_seed_and_never_emits_the_placeholder(pair):
     model, _ = pair
     batch = prompts(3, seed=1)

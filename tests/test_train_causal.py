@@ -56,6 +56,11 @@ def test_tiny_causal_run_and_exact_resume(tmp_path):
     model = d3llm.load_model(out, device="cpu")
     assert model.family == "llama" and model.causal
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["method"] == "autoregressive" and generation["max_new_tokens"] == 64
+    assert generation["do_sample"] is False and generation["eos_token_id"] == model.config.eos_token_id
+    decoded = d3llm.generate(model, [[3, 4, 5]])  # the folder's defaults: greedy autoregressive, 64 new tokens
+    assert decoded.method == "autoregressive" and decoded.params["max_new_tokens"] == 64
     summary = json.loads((out / "training.json").read_text())
     assert summary["objective"] == "causal" and summary["config"]["model"] == "llama-tiny"
 
@@ -74,7 +79,7 @@ def test_the_default_model_follows_the_objective(tmp_path, capsys):
 
 
 def test_objective_and_model_family_must_agree(tmp_path, capsys):
-    assert main(causal_args(tmp_path / "a", "--model", "llada-tiny", "--steps", "1")) == 2
+    assert main(causal_args(tmp_path / "a", "--model", "llada-tiny", "--steps", "2")) == 2
     assert ("--objective causal trains a causal model (llama-small, llama-tiny or a Llama folder); --model "
             "'llada-tiny' is a bidirectional llada model") in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "b"), "--model", "llama-tiny", "--steps", "1", "--threads", "1",
