@@ -419,12 +419,14 @@ class _DecoderConfig(_BaseConfig):
         raise NotImplementedError
 
 
-def _decoder_values(config_cls: type[_DecoderConfig], *, hidden_size: int, num_hidden_layers: int,
-                    num_attention_heads: int, num_key_value_heads: int, intermediate_size: int, vocab_size: int,
-                    max_position_embeddings: int, rope_theta: float, mask_token_id: int | None,
-                    eos_token_id: int | None, overrides: dict[str, Any]) -> _DecoderConfig:
-    """A complete config of a transformers-layout family at a chosen size (mask = V-1, eos = pad = bos = V-2
-    unless given), every shared field written explicitly; ``overrides`` set any field."""
+def _decoder_config(config_cls: type[_DecoderConfig], family_values: dict[str, Any], *, hidden_size: int,
+                    num_hidden_layers: int, num_attention_heads: int, num_key_value_heads: int,
+                    intermediate_size: int, vocab_size: int, max_position_embeddings: int = 4096,
+                    mask_token_id: int | None = None, eos_token_id: int | None = None,
+                    **overrides: Any) -> _DecoderConfig:
+    """A complete config of a transformers-layout family at a chosen size, every field written explicitly: the
+    shared values, then the family's ``family_values``, then ``overrides`` (any field). Special ids default to the
+    last vocabulary entries (mask = V-1, eos = pad = bos = V-2) for random models."""
     mask_token_id = vocab_size - 1 if mask_token_id is None else mask_token_id
     eos_token_id = vocab_size - 2 if eos_token_id is None else eos_token_id
     values = dict(
@@ -440,7 +442,6 @@ def _decoder_values(config_cls: type[_DecoderConfig], *, hidden_size: int, num_h
         rms_norm_eps=1e-6,
         use_cache=False,
         tie_word_embeddings=False,
-        rope_theta=rope_theta,
         rope_scaling=None,
         attention_dropout=0.0,
         mask_token_id=mask_token_id,
@@ -449,6 +450,7 @@ def _decoder_values(config_cls: type[_DecoderConfig], *, hidden_size: int, num_h
         eos_token_id=eos_token_id,
         torch_dtype="float32",
     )
+    values.update(family_values)
     values.update(overrides)
     config = config_cls(**values, source=f"{config_cls.family}_config()")
     config.validate()
@@ -498,28 +500,13 @@ class DreamConfig(_DecoderConfig):
         return True
 
 
-def dream_config(
-    *,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    intermediate_size: int,
-    vocab_size: int,
-    max_position_embeddings: int = 4096,
-    rope_theta: float = 1000000.0,
-    mask_token_id: int | None = None,
-    eos_token_id: int | None = None,
-    **overrides: Any,
-) -> DreamConfig:
-    """A complete Dream config at a chosen size (mask = V-1, eos = pad = bos = V-2 unless given)."""
-    overrides = {"use_sliding_window": False, "sliding_window": None, "max_window_layers": num_hidden_layers,
-                 **overrides}
-    return _decoder_values(DreamConfig, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-                           num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-                           intermediate_size=intermediate_size, vocab_size=vocab_size,
-                           max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
-                           mask_token_id=mask_token_id, eos_token_id=eos_token_id, overrides=overrides)
+def dream_config(**spec: Any) -> DreamConfig:
+    """A complete Dream config at a chosen size (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``num_key_value_heads``, ``intermediate_size``, ``vocab_size``; any other field as an override); see
+    :func:`_decoder_config`."""
+    family = {"rope_theta": 1000000.0, "use_sliding_window": False, "sliding_window": None,
+              "max_window_layers": spec.get("num_hidden_layers")}
+    return _decoder_config(DreamConfig, family, **spec)
 
 
 # -- Llama ------------------------------------------------------------------------------------------------------
@@ -565,27 +552,11 @@ class LlamaConfig(_DecoderConfig):
         return False
 
 
-def llama_config(
-    *,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    intermediate_size: int,
-    vocab_size: int,
-    max_position_embeddings: int = 4096,
-    rope_theta: float = 500000.0,
-    mask_token_id: int | None = None,
-    eos_token_id: int | None = None,
-    **overrides: Any,
-) -> LlamaConfig:
-    """A complete Llama config at a chosen size (mask = V-1, eos = pad = bos = V-2 unless given)."""
-    overrides = {"pretraining_tp": 1, "attention_bias": False, "mlp_bias": False, "use_cache": True, **overrides}
-    return _decoder_values(LlamaConfig, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
-                           num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-                           intermediate_size=intermediate_size, vocab_size=vocab_size,
-                           max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
-                           mask_token_id=mask_token_id, eos_token_id=eos_token_id, overrides=overrides)
+def llama_config(**spec: Any) -> LlamaConfig:
+    """A complete Llama config at a chosen size (the same arguments as :func:`dream_config`)."""
+    family = {"rope_theta": 500000.0, "use_cache": True, "pretraining_tp": 1, "attention_bias": False,
+              "mlp_bias": False}
+    return _decoder_config(LlamaConfig, family, **spec)
 
 
 ModelConfig = LLaDAConfig | DreamConfig | LlamaConfig
