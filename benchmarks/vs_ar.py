@@ -25,7 +25,6 @@ batch 1. JSON output carries the hardware, versions and the machine's load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,9 +34,8 @@ import torch
 
 import d3llm
 from d3llm.assets import ASSETS
-from d3llm.eval.environment import environment
+from d3llm.eval.environment import environment, write_record
 from d3llm.eval.runner import evaluate
-from d3llm.models.checkpoint import atomic_write_text
 from d3llm.models.prompts import encode_prompt
 from d3llm.tasks.data import load_dataset
 from d3llm.tasks.scoring import score
@@ -195,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                "environment": {**environment(ar), "transformers": transformers_version,
                                "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(payload, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {write_record(args.out, payload)}")
     return 0
 
 

@@ -1,12 +1,10 @@
 """``d3llm train --objective causal``: the next-token loss, a tiny run, exact resume and the family checks."""
 
 import json
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 import d3llm
 from d3llm.cli.main import main
@@ -14,6 +12,7 @@ from d3llm.tasks import arith
 from d3llm.tasks.tokenizer import build_tokenizer
 from d3llm.training.collate import Encoder
 from d3llm.training.loss import causal_lm_loss
+from test_train import check_exact_resume
 
 
 def causal_args(out, *extra):
@@ -63,13 +62,7 @@ def test_tiny_causal_run_and_exact_resume(tmp_path):
     assert decoded.method == "autoregressive" and decoded.params["max_new_tokens"] == 64
     summary = json.loads((out / "training.json").read_text())
     assert summary["objective"] == "causal" and summary["config"]["model"] == "llama-tiny"
-
-    reference = load_file(out / "model.safetensors")
-    shutil.rmtree(out / "checkpoints" / "step-000012")
-    (out / "model.safetensors").unlink()
-    assert main(args + ["--resume"]) == 0
-    resumed = load_file(out / "model.safetensors")
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    check_exact_resume(out, args, 12)
 
 
 def test_the_default_model_follows_the_objective(tmp_path, capsys):
