@@ -135,3 +135,21 @@ def test_flags_without_config(tmp_path):
     results = json.loads((out / "sweep.json").read_text())
     assert [(p["method"], p["threshold"]) for p in results["points"]] == [("vanilla", None), ("multi_block", 0.5)]
     assert not (out / "sweep.png").exists()
+
+
+def test_a_causal_model_is_one_autoregressive_point(tmp_path):
+    """The shipped AR baseline beside the teacher: its one point is autoregressive decoding, and it has no curves."""
+    from d3llm.assets import ASSETS
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("task: arith\nlimit: 4\nbatch_size: 4\ndecoder:\n  max_new_tokens: 48\n  block_size: 16\n"
+                      "methods:\n  multi_block:\n    threshold: [0.2]\n")
+    out = tmp_path / "out"
+    assert main(["sweep", "--model", str(ASSETS / "arith-ar"), "--model", str(default_model_path()), "--config",
+                 str(config), "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "sweep.json").read_text())
+    ar = [p for p in results["points"] if p["model"] == "arith-ar"]
+    assert [(p["method"], p["baseline"]) for p in ar] == [("autoregressive", True)]
+    assert ar[0]["params"]["max_new_tokens"] == 48 and ar[0]["nfe"] > 0
+    assert sorted(results["curves"]) == ["arith-ar autoregressive (1 token/forward)", "arith-teacher multi_block",
+                                         "arith-teacher vanilla (1 token/forward)"]

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block"]  # d3llm.decoding.METHODS (a test keeps them equal)
+METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
 

@@ -1,8 +1,10 @@
-"""d3llm train: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file.
+"""d3llm train: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file, or
+(--objective causal) next-token fine-tuning of a causal Llama model on the same data: the autoregressive baseline.
 
 With the defaults it trains the shipped teacher of the built-in ``arith`` task from scratch::
 
     d3llm train --out runs/arith-teacher
+    d3llm train --objective causal --out runs/arith-ar --eval-decode autoregressive    # the shipped AR baseline
 
 Data-parallel: torchrun --nproc_per_node 2 -m d3llm.cli.main train --out ... (gloo on CPU, NCCL on GPU).
 --resume continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order.
@@ -30,13 +32,15 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.training.config import TrainConfig
+    from d3llm.training.config import SFT_OBJECTIVES, TrainConfig
 
     d = TrainConfig(out="")
     from d3llm.cli.options import add_parser
 
-    p = add_parser(sub, "train", "masked-diffusion fine-tuning (SFT) of a dLLM", __doc__)
+    p = add_parser(sub, "train", "masked-diffusion fine-tuning (SFT) of a dLLM, or of its causal AR baseline", __doc__)
     p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, the final model")
+    p.add_argument("--objective", default=d.objective, choices=list(SFT_OBJECTIVES),
+                   help="; ".join(f"{k}: {v}" for k, v in SFT_OBJECTIVES.items()) + " (default: %(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="'arith' (built-in task) or a JSONL file with question/answer "
                                                   "(default: %(default)s)")
@@ -47,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="answer tokens per example incl. EOS padding = the decoders' generation length "
                         "(default: %(default)s)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="a named config to train from scratch (llada-small, ...) or a "
-                                                    "model folder to fine-tune (default: %(default)s)")
+    g.add_argument("--model", default=None, help="a named config to train from scratch (llada-small, llama-small, "
+                                                 "...) or a model folder to fine-tune (default: llada-small, or "
+                                                 "llama-small with --objective causal)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config.json field of a new model, e.g. --set n_layers=6 (repeatable)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, or the "
@@ -61,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out examples for the eval loss "
                                                                       "(default: %(default)s)")
     g.add_argument("--eval-decode", default=None, metavar="METHOD",
-                   help="also decode held-out answers with this method (e.g. vanilla) and report exact match")
+                   help="also decode held-out answers with this method (e.g. vanilla, or autoregressive for "
+                        "--objective causal) and report exact match")
     g.add_argument("--eval-decode-size", type=int, default=d.eval_decode_size,
                    help="examples decoded per evaluation (default: %(default)s)")
     add_run_flags(g, d)
@@ -72,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.training.config import TrainConfig
     from d3llm.training.trainer import train
 
+    model = args.model or ("llama-small" if args.objective == "causal" else "llada-small")
     cfg = TrainConfig(
-        out=args.out, data=args.data, eval_data=args.eval_data, model=args.model, set=_parse_set(args.set),
+        out=args.out, objective=args.objective, data=args.data, eval_data=args.eval_data, model=model,
+        set=_parse_set(args.set),
         tokenizer=args.tokenizer, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, eps=args.eps, response_length=args.response_length, train_size=args.train_size,

@@ -2,7 +2,8 @@
 
 A sweep decodes the same problems once per point:
 
-* per model, its **one-token-per-forward point** (``vanilla`` with ``steps == max_new_tokens``), measured once.
+* per model, its **one-token-per-forward point** (``vanilla`` with ``steps == max_new_tokens``; for a causal model,
+  ``autoregressive``, its only point: the swept methods are diffusion decoders), measured once.
   Every curve of that model starts there, as every row of the reference's leaderboard files starts at TPF 1, so a
   curve cannot score by anchoring AUP's floor at a low accuracy;
 * per model, method and threshold, one point.
@@ -49,6 +50,7 @@ import numpy as np
 from d3llm.errors import ConfigError, D3LLMError
 
 BASELINE = "vanilla"
+CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
 SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block")
 DEFAULT_THRESHOLDS = {
     "fast_dllm": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],   # confidence
@@ -168,6 +170,13 @@ class SweepConfig:
             except D3LLMError as exc:
                 raise ConfigError(f"{self.source}: {key}: {exc}") from None
 
+        if getattr(model, "causal", False):  # one point; of the shared settings, those the AR decoder takes
+            from d3llm.decoding.methods import METHODS
+
+            names = {*METHODS[CAUSAL_BASELINE].Params.names(), "gen_length"}
+            params = {k: v for k, v in self.decoder.items() if k in names}
+            resolve(CAUSAL_BASELINE, params, "decoder (a causal model: autoregressive)")
+            return [(None, CAUSAL_BASELINE, None, params)]
         gen = resolve(BASELINE, dict(self.decoder), "decoder")["max_new_tokens"]
         one_per_forward = {k: v for k, v in self.decoder.items() if k != "gen_length"}
         one_per_forward.update(max_new_tokens=gen, steps=gen)
@@ -264,10 +273,12 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
                     "model_s": round(result.model_s, 3), "batch_size": result.batch_size, "params": result.params,
                 })
             base = next(i for i, p in enumerate(points) if p["model"] == label and p["baseline"])
-            curves[f"{label} {BASELINE} (1 token/forward)"] = {"model": label, "method": BASELINE, "points": [base]}
+            first = points[base]["method"]
+            curves[f"{label} {first} (1 token/forward)"] = {"model": label, "method": first, "points": [base]}
             for grid in config.methods:
                 mine = [i for i, p in enumerate(points) if p["model"] == label and p["curve"] == grid.name]
-                curves[f"{label} {grid.name}"] = {"model": label, "method": grid.method, "points": [base, *mine]}
+                if mine:  # a causal model has no diffusion curves
+                    curves[f"{label} {grid.name}"] = {"model": label, "method": grid.method, "points": [base, *mine]}
     finally:
         if bar is not None:
             bar.close()

@@ -99,10 +99,15 @@ class MethodState:
 
 
 class DecodingMethod:
-    """Step rules of one decoding method (see the module docstring)."""
+    """Step rules of one decoding method (see the module docstring).
+
+    ``causal``: the method decodes causal (autoregressive) models; diffusion methods (False) need a bidirectional
+    one. ``d3llm.generate`` refuses a model of the other kind.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
+    causal: ClassVar[bool] = False
 
     def __init__(self, params: Params, *, family: str, mask_id: int, eos_id: int | None,
                  generator: torch.Generator | None) -> None:
