@@ -275,3 +275,31 @@ def test_a_token_budget_splits_the_batch_without_changing_a_row(trained_models, 
     for i in range(len(batch)):
         assert a[i].generated.tolist() == b[i].generated.tolist() and a[i].nfe == b[i].nfe
     assert stats_a.positions == stats_b.positions and stats_a.steps == stats_b.steps
+
+
+@pytest.fixture(scope="module")
+def ar_model():
+    from d3llm.assets import ar_model_path
+
+    return d3llm.load_model(ar_model_path()), d3llm.load_tokenizer(ar_model_path())
+
+
+def test_autoregressive_rows_joining_mid_way_equal_each_row_alone(ar_model):
+    """The causal baseline runs on the same engine: prompts of different lengths, different max_new_tokens, rows
+    that join later and rows that sample with their own seeds decode exactly as they do alone."""
+    model, tok = ar_model
+    from d3llm.models.prompts import encode_prompt
+    from d3llm.tasks.data import ArithDataset
+
+    batch = [encode_prompt(tok, ex.question) for ex in ArithDataset("test", size=4, seed=3)]
+    batch[1], batch[2] = batch[1][6:], batch[2][3:]  # prompts of different lengths (arith prompts have one length)
+    gens, temps = [48, 9, 30, 48], [0.0, 0.0, 0.9, 0.0]
+    engine = Engine(model, "autoregressive")
+    outputs, _ = run_staggered(engine, [dict(prompt=p, max_new_tokens=g, temperature=t, seed=5 + i)
+                                        for i, (p, g, t) in enumerate(zip(batch, gens, temps))], joins=[0, 0, 3, 7])
+    finishes = set()
+    for i, p in enumerate(batch):
+        ref = d3llm.generate(model, [p], "autoregressive", max_new_tokens=gens[i], temperature=temps[i], seed=5 + i)
+        assert_same(outputs[i], ref, p)
+        finishes.add(outputs[i].finish_reason)
+    assert finishes == {"stop", "length"}  # row 1 is cut by its 9 tokens, the greedy 48-token rows stop at EOS
