@@ -5,7 +5,10 @@ For each setting, in one run and one after the other: batch 1 (the requests deco
 size of ``--batches`` (the same requests in batches), and a *staggered* scenario: the same requests join one
 ``d3llm.Engine`` one every ``--stagger-every`` steps while the earlier ones run (a server's continuous batching,
 arrivals counted in engine steps). Each row reports NFE, TPF (generated tokens before EOS per forward), tokens/s,
-its ratio to batch 1 measured in the same run, wall and model time and the loop's share ``(wall - model) / wall``.
+its ratio to batch 1 measured in the same run, wall and model time and the loop's share ``(wall - model) / wall``,
+and the setting's *ceiling*: the mean slice a row forwards per step at batch 1, and what batching gains at most on
+this hardware for slices of that length (tokens/s of one plain ``[b, slice]`` forward over ``[1, slice]``; on a CPU
+a forward of ~100 tokens already runs near the matmul's best per-token speed, so batching can gain little there).
 Prints a table (``--markdown`` adds one for the README) and writes JSON stamped with the hardware and software
 versions.
 
@@ -124,9 +127,41 @@ def staggered(model, prompts, method, params, every: int, repeats: int) -> dict:
     return figures(f"staggered/{every}", tokens, nfe, wall, model_t)
 
 
+def mean_slice(model, prompts, method, params, n: int = 8) -> float:
+    """Mean tokens a row forwards per step at batch 1 (over the first ``n`` requests, decoded alone)."""
+    positions = steps = 0
+    for prompt in prompts[:n]:
+        engine = d3llm.Engine(model, method, **params)
+        engine.add_request(prompt)
+        while engine.has_work:
+            engine.step()
+        positions, steps = positions + engine.stats.positions, steps + engine.stats.steps
+    return positions / steps
+
+
+def dense_ceiling(model, length: int, batches: list[int], repeats: int = 5) -> dict:
+    """What batching can gain on this hardware at most for slices of ``length`` tokens: tokens/s of one plain
+    forward of ``[b, length]`` tokens over that of ``[1, length]`` (same weights, no cache, no decoder), by batch."""
+    rate = {}
+    with torch.inference_mode():
+        for b in batches:
+            x = torch.randint(0, model.config.vocab_size, (b, max(length, 1)), device=model.device)
+            model(x)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            rate[b] = b * repeats / (time.perf_counter() - t0)
+    return {str(b): rate[b] / rate[batches[0]] for b in batches}
+
+
 def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
     """The README table: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
-    head = ["setting", "TPF"] + [f"batch {b}" for b in batches] + [rows[-1]["batch"].replace("/", " every ")]
+    head = ["setting", "TPF"] + [f"batch {b}" for b in batches]
+    if isinstance(rows[-1]["batch"], str):
+        head.append(rows[-1]["batch"].replace("/", " every "))
+    ceiling = "dense_ceiling" in rows[0]
+    if ceiling:
+        head.append("ceiling (" + ", ".join(f"batch {b}" for b in batches[1:]) + ")")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         mine = [r for r in rows if r["setting"] == name]
@@ -135,6 +170,8 @@ def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
         for r in mine:
             ratio = "" if r is mine[0] else f" ({r['tokens_per_s'] / base:.2f}x)"
             cells.append(f"{r['tokens_per_s']:,.0f}{ratio}")
+        if ceiling:
+            cells.append(", ".join(f"{r['dense_ceiling']:.2f}x" for r in mine[1:] if "dense_ceiling" in r))
         lines.append("| " + " | ".join(cells) + " |")
     loop = [f"`{r['setting']}` {100 * r['loop_share']:.1f}%" for r in rows if r["batch"] == 1]
     return "\n".join(lines) + "\n\nloop share at batch 1: " + ", ".join(loop)
@@ -168,6 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--methods", default=None, help="semicolon-separated subset of the setting names")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the dense-forward ceiling of each setting")
     ap.add_argument("--out", default="benchmarks/results/decode.json")
     args = ap.parse_args(argv)
     if args.threads:
@@ -185,8 +223,17 @@ def main(argv=None) -> int:
         mine = [measure(model, prompts, method, params, batch, args.repeats) for batch in batches]
         if args.stagger_every:
             mine.append(staggered(model, prompts, method, params, args.stagger_every, args.repeats))
+        ceiling = {}
+        if not args.no_ceiling:
+            slice_len = mean_slice(model, prompts, method, params)
+            ceiling = dense_ceiling(model, round(slice_len), batches)
+            print(f"{name:28s} batch-1 slice {slice_len:6.1f} tokens/step; a dense forward of that length gains "
+                  + ", ".join(f"{v:.2f}x at batch {b}" for b, v in ceiling.items() if b != str(batches[0])),
+                  flush=True)
         for row in mine:
             row.update(setting=name, method=method, ratio_to_batch_1=row["tokens_per_s"] / mine[0]["tokens_per_s"])
+            if ceiling and isinstance(row["batch"], int):
+                row["dense_ceiling"] = ceiling[str(row["batch"])]
             rows.append(row)
             print(f"{name:28s} {str(row['batch']):12s} NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
                   f"{row['tokens_per_s']:8.1f} tok/s ({row['ratio_to_batch_1']:4.2f}x)  wall {row['wall_s']:7.3f}s  "

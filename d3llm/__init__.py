@@ -28,6 +28,7 @@ _EXPORTS = {
     "GenerationError": "d3llm.errors",
     "NAMED_CONFIGS": "d3llm.models", "DiffusionLM": "d3llm.models", "DreamConfig": "d3llm.models",
     "DreamLM": "d3llm.models", "LLaDAConfig": "d3llm.models", "LLaDALM": "d3llm.models",
+    "LlamaConfig": "d3llm.models", "LlamaLM": "d3llm.models",
     "ModelOutput": "d3llm.models", "build_model": "d3llm.models", "encode_prompt": "d3llm.models",
     "load_config": "d3llm.models", "load_model": "d3llm.models", "load_tokenizer": "d3llm.models",
     "named_config": "d3llm.models", "save_model": "d3llm.models", "GenerationConfig": "d3llm.models",

@@ -256,3 +256,50 @@ def test_generate_messages_for_the_same_mistakes():
         d3llm.generate(model, [[1, 2], []], "multi_block", max_new_tokens=32, block_size=32)
     with pytest.raises(GenerationError, match=r"prompt 1 is empty"):
         Engine(model, "multi_block").add_request([], request_id=1)
+
+
+@pytest.mark.parametrize("name", ["multi_block_kv_d2_r3_es", "fast_dllm_dual", "block_entropy"])
+def test_a_token_budget_splits_the_batch_without_changing_a_row(trained_models, name):
+    """``max_forward_tokens`` packs consecutive rows into several forwards per step: same tokens, NFE, positions."""
+    model = trained_models["llada"]
+    method, params = SETTINGS[name]
+    batch = prompts(5, seed=40)
+    results = []
+    for budget in (None, 30):
+        engine = Engine(model, method, max_forward_tokens=budget, **shared(model, method, params))
+        outputs, _ = run_staggered(engine, [dict(prompt=p, **row_params(method, params, g))
+                                            for p, g in zip(batch, GENS + [GEN])], joins=[0, 0, 0, 1, 3])
+        results.append((outputs, engine.stats))
+    assert engine._forward_groups(np.array([20, 9, 25, 40, 3])) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    (a, stats_a), (b, stats_b) = results
+    for i in range(len(batch)):
+        assert a[i].generated.tolist() == b[i].generated.tolist() and a[i].nfe == b[i].nfe
+    assert stats_a.positions == stats_b.positions and stats_a.steps == stats_b.steps
+
+
+@pytest.fixture(scope="module")
+def ar_model():
+    from d3llm.assets import ar_model_path
+
+    return d3llm.load_model(ar_model_path()), d3llm.load_tokenizer(ar_model_path())
+
+
+def test_autoregressive_rows_joining_mid_way_equal_each_row_alone(ar_model):
+    """The causal baseline runs on the same engine: prompts of different lengths, different max_new_tokens, rows
+    that join later and rows that sample with their own seeds decode exactly as they do alone."""
+    model, tok = ar_model
+    from d3llm.models.prompts import encode_prompt
+    from d3llm.tasks.data import ArithDataset
+
+    batch = [encode_prompt(tok, ex.question) for ex in ArithDataset("test", size=4, seed=3)]
+    batch[1], batch[2] = batch[1][6:], batch[2][3:]  # prompts of different lengths (arith prompts have one length)
+    gens, temps = [48, 9, 30, 48], [0.0, 0.0, 0.9, 0.0]
+    engine = Engine(model, "autoregressive")
+    outputs, _ = run_staggered(engine, [dict(prompt=p, max_new_tokens=g, temperature=t, seed=5 + i)
+                                        for i, (p, g, t) in enumerate(zip(batch, gens, temps))], joins=[0, 0, 3, 7])
+    finishes = set()
+    for i, p in enumerate(batch):
+        ref = d3llm.generate(model, [p], "autoregressive", max_new_tokens=gens[i], temperature=temps[i], seed=5 + i)
+        assert_same(outputs[i], ref, p)
+        finishes.add(outputs[i].finish_reason)
+    assert finishes == {"stop", "length"}  # row 1 is cut by its 9 tokens, the greedy 48-token rows stop at EOS

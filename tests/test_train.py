@@ -150,19 +150,25 @@ def test_tiny_training_run(tmp_path, capsys):
     assert "step 40/40" in capsys.readouterr().err
 
 
+def check_exact_resume(out, args, last_step: int) -> None:
+    """After ``main(args)`` finished in ``out``: delete the last checkpoint and the result, resume from the earlier
+    one, and check the final weights are bit-identical."""
+    import shutil
+
+    reference = load_file(out / "model.safetensors")
+    shutil.rmtree(out / "checkpoints" / f"step-{last_step:06d}")
+    (out / "model.safetensors").unlink()
+    assert main(args + ["--resume"]) == 0
+    resumed = load_file(out / "model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     """Delete the last checkpoint and the result, resume from the earlier one: bit-identical final weights."""
     out = tmp_path / "run"
     args = tiny_args(out, "--steps", "12", "--save-every", "6", "--eval-every", "100")
     assert main(args) == 0
-    reference = load_file(out / "model.safetensors")
-    import shutil
-
-    shutil.rmtree(out / "checkpoints" / "step-000012")
-    (out / "model.safetensors").unlink()
-    assert main(args + ["--resume"]) == 0
-    resumed = load_file(out / "model.safetensors")
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    check_exact_resume(out, args, 12)
     state = json.loads((out / "checkpoints" / "step-000012" / "trainer_state.json").read_text())
     assert state["step"] == 12 and [e["step"] for e in state["history"] if "loss" in e] == list(range(1, 13))
 

@@ -11,7 +11,8 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("chat", "demo", "eval", "generate", "info", "serve", "train")
+COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "lm_harness", "serve", "sweep", "train",
+            "trajectories")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,14 @@ def _one_line_warnings(command: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every later argument belongs to lm-eval, options included (REMAINDER stops at them)
+        from d3llm.cli import lm_harness
+
+        args = argparse.Namespace(command="lm-eval", func=lm_harness.run, lm_eval_args=argv[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
     _one_line_warnings(args.command)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block"]  # d3llm.decoding.METHODS (a test keeps them equal)
+METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
 
@@ -47,10 +47,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help: str, doc: str |
     return sub.add_parser(name, help=help, description=plain(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_decoder_flags(parser: argparse.ArgumentParser, seed: bool = True, note: str = DEFAULTS_NOTE) -> None:
+def add_decoder_flags(parser: argparse.ArgumentParser, method_flag: bool = True, seed: bool = True,
+                      note: str = DEFAULTS_NOTE) -> None:
+    """The decoder parameter flags (``--method`` too unless ``method_flag`` is False, ``--seed`` unless ``seed`` is
+    False); ``note`` heads the group."""
     group = parser.add_argument_group("decoder", note)
-    group.add_argument("--method", default=None, choices=METHODS,
-                       help="decoder (default: the model folder's method, else multi_block)")
+    if method_flag:
+        group.add_argument("--method", default=None, choices=METHODS,
+                           help="decoder (default: the model folder's method, else multi_block)")
     for flag, (_, kind, text) in DECODER_FLAGS.items():
         group.add_argument(flag, type=kind, default=None, metavar=flag[2:].replace("-", "_").upper(), help=text)
     group.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,

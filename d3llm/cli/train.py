@@ -1,8 +1,10 @@
-"""d3llm train: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file.
+"""d3llm train: masked-diffusion supervised fine-tuning (LLaDA guidelines) on the built-in task or a JSONL file, or
+(--objective causal) next-token fine-tuning of a causal Llama model on the same data: the autoregressive baseline.
 
 With the defaults it trains the shipped teacher of the built-in ``arith`` task from scratch::
 
     d3llm train --out runs/arith-teacher
+    d3llm train --objective causal --out runs/arith-ar --eval-decode autoregressive    # the shipped AR baseline
 
 Data-parallel: torchrun --nproc_per_node 2 -m d3llm.cli.main train --out ... (gloo on CPU, NCCL on GPU).
 --resume continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order.
@@ -30,13 +32,15 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from d3llm.training.config import DEFAULT_WARMUP, TrainConfig
+    from d3llm.training.config import SFT_OBJECTIVES, TrainConfig
 
     d = TrainConfig(out="")
     from d3llm.cli.options import add_parser
 
-    p = add_parser(sub, "train", "masked-diffusion fine-tuning (SFT) of a dLLM", __doc__)
+    p = add_parser(sub, "train", "masked-diffusion fine-tuning (SFT) of a dLLM, or of its causal AR baseline", __doc__)
     p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, the final model")
+    p.add_argument("--objective", default=d.objective, choices=list(SFT_OBJECTIVES),
+                   help="; ".join(f"{k}: {v}" for k, v in SFT_OBJECTIVES.items()) + " (default: %(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=d.data, help="'arith' (built-in task) or a JSONL file with question/answer "
                                                   "(default: %(default)s)")
@@ -47,46 +51,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="answer tokens per example incl. EOS padding = the decoders' generation length "
                         "(default: %(default)s)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="a named config to train from scratch (llada-small, ...) or a "
-                                                    "model folder to fine-tune (default: %(default)s)")
+    g.add_argument("--model", default=None, help="a named config to train from scratch (llada-small, llama-small, "
+                                                 "...) or a model folder to fine-tune (default: llada-small, or "
+                                                 "llama-small with --objective causal)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config.json field of a new model, e.g. --set n_layers=6 (repeatable)")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder's, or the "
                                                      "built-in task tokenizer)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
-                   help="cosine floor as a fraction of --lr (default: %(default)s)")
-    g.add_argument("--warmup-steps", type=int, default=None,
-                   help=f"linear warm-up steps (default: {DEFAULT_WARMUP}, at most a tenth of --steps)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm, 0 = off "
-                                                                        "(default: %(default)s)")
+    from d3llm.cli.loop_flags import add_checkpoint_flags, add_optimisation_flags, add_run_flags
+
+    g = add_optimisation_flags(p, d, "initialisation and masking seed")
     g.add_argument("--eps", type=float, default=d.eps, help="minimum masking ratio (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="initialisation and masking seed (default: %(default)s)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (for GPUs)")
-    g = p.add_argument_group("checkpoints, evaluation, logging")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints "
-                                                                        "(default: %(default)s)")
-    g.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept (default: %(default)s)")
-    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations "
-                                                                        "(default: %(default)s)")
+    g = add_checkpoint_flags(p, d)
     g.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out examples for the eval loss "
                                                                       "(default: %(default)s)")
     g.add_argument("--eval-decode", default=None, metavar="METHOD",
-                   help="also decode held-out answers with this method (e.g. vanilla) and report exact match")
+                   help="also decode held-out answers with this method (e.g. vanilla, or autoregressive for "
+                        "--objective causal) and report exact match")
     g.add_argument("--eval-decode-size", type=int, default=d.eval_decode_size,
                    help="examples decoded per evaluation (default: %(default)s)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines "
-                                                                      "(default: %(default)s)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="force the progress bar on or off (default: on a terminal)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's, one per "
-                                                             "core; under torchrun, cores / processes)")
+    add_run_flags(g, d)
     p.set_defaults(func=run)
 
 
@@ -94,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.training.config import TrainConfig
     from d3llm.training.trainer import train
 
+    model = args.model or ("llama-small" if args.objective == "causal" else "llada-small")
     cfg = TrainConfig(
-        out=args.out, data=args.data, eval_data=args.eval_data, model=args.model, set=_parse_set(args.set),
+        out=args.out, objective=args.objective, data=args.data, eval_data=args.eval_data, model=model,
+        set=_parse_set(args.set),
         tokenizer=args.tokenizer, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, eps=args.eps, response_length=args.response_length, train_size=args.train_size,

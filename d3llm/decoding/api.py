@@ -26,16 +26,18 @@ def generate(
     callback: Callable[[StepEvent], None] | None = None,
     **params,
 ) -> GenerationResult:
-    """Decode a batch of prompts with a diffusion LM.
+    """Decode a batch of prompts with a diffusion LM (or a causal LM, with ``method="autoregressive"``).
 
     Args:
         model: a :class:`~d3llm.models.DiffusionLM` (LLaDA or Dream).
         input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is padded), a list of token-id lists of
             different lengths, or what a tokenizer returns (a ``BatchEncoding`` or dict with ``input_ids`` and
             ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
-        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block``; None = the model folder's
-            ``generation_config.json`` method, else ``multi_block``. Family rules follow the model (e.g. ``vanilla``
-            on Dream is Dream's timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
+        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block`` (diffusion decoders, for LLaDA and
+            Dream) or ``autoregressive`` (one token per forward with the KV cache, for the causal Llama family);
+            None = the model folder's ``generation_config.json`` method, else ``multi_block`` (``autoregressive``
+            for a causal model). Family rules follow the model (e.g. ``vanilla`` on Dream is Dream's
+            timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).
         mask_id: defaults to the model config's ``mask_token_id``.
         eos_token_id: defaults to the folder's ``generation_config.json``, else ``config.json``. It cuts
             ``result.tokens`` and drives ``early_stop``.

@@ -15,14 +15,16 @@ from d3llm.decoding.params import Params
 from d3llm.errors import GenerationError
 
 DEFAULT_METHOD = "multi_block"  # when neither the caller nor the model folder names one
+CAUSAL_DEFAULT_METHOD = "autoregressive"  # the same, for a causal model
 
 
 def resolve_method(model, method: str | None) -> str:
-    """The caller's method, else the folder's ``method``, else :data:`DEFAULT_METHOD`; unknown names are an error
-    with a suggestion."""
+    """The caller's method, else the folder's ``method``, else :data:`DEFAULT_METHOD` (:data:`CAUSAL_DEFAULT_METHOD`
+    for a causal model); unknown names are an error with a suggestion."""
     if method is None:
         config = getattr(model, "generation_config", None)
-        method = (config.method if config is not None else None) or DEFAULT_METHOD
+        fallback = CAUSAL_DEFAULT_METHOD if getattr(model, "causal", False) else DEFAULT_METHOD
+        method = (config.method if config is not None else None) or fallback
     if method not in METHODS:
         close = difflib.get_close_matches(str(method), METHODS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -42,8 +44,26 @@ def resolve_decoder(model, method: str | None, params: dict[str, Any]) -> tuple[
     """``(method name, method class for the model's family, resolved and validated parameters)``."""
     method = resolve_method(model, method)
     cls = method_class(method, model.family)
+    check_family(method, cls, model)
     defaults, source = folder_defaults(model, method)
     return method, cls, cls.Params.from_kwargs(method, params, defaults, source)
+
+
+def check_family(method: str, cls, model) -> None:
+    """Diffusion methods need a bidirectional model, ``autoregressive`` a causal one: say which, and what to use."""
+    causal = bool(getattr(model, "causal", False))
+    if cls.causal == causal:
+        return
+    diffusion = ", ".join(name for name, m in METHODS.items() if not m.causal)
+    if causal:
+        raise GenerationError(
+            f"method '{method}' is a diffusion decoder and needs a bidirectional model (the LLaDA or Dream family); "
+            f"this {model.family} model is causal (autoregressive): use method='autoregressive'"
+        )
+    raise GenerationError(
+        f"method '{method}' needs a causal (autoregressive) model such as the Llama family; this {model.family} model "
+        f"is a bidirectional diffusion LM: use one of {diffusion}"
+    )
 
 
 def resolve_eos(model, eos_token_id: int | None) -> int | None:

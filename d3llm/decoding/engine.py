@@ -75,6 +75,7 @@ from d3llm.errors import GenerationError
 from d3llm.models.packed import PackedRows
 
 MAX_STEPS = 10000  # safety cap per row, as in the reference
+CPU_FORWARD_TOKENS = 1024  # tokens per packed forward on a CPU (larger forwards run slower per token: measured)
 
 
 def too_long_message(label, length: int, params: Params, limit: int, others: int = 0) -> str:
@@ -188,7 +189,7 @@ class Engine:
 
     def __init__(self, model, method: str | None = None, *, mask_id: int | None = None,
                  eos_token_id: int | None = None, max_batch: int | None = None, max_steps: int = MAX_STEPS,
-                 **params: Any) -> None:
+                 max_forward_tokens: int | None | str = "auto", **params: Any) -> None:
         self.model = model
         self.method_name = resolve_method(model, method)
         self.method_class = method_class(self.method_name, model.family)
@@ -207,6 +208,12 @@ class Engine:
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise GenerationError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.max_batch = max_batch
+        if max_forward_tokens == "auto":
+            max_forward_tokens = CPU_FORWARD_TOKENS if model.device.type == "cpu" else None
+        if max_forward_tokens is not None and (isinstance(max_forward_tokens, bool) or
+                                               not isinstance(max_forward_tokens, int) or max_forward_tokens < 1):
+            raise GenerationError(f"max_forward_tokens must be a positive integer or None, got {max_forward_tokens!r}")
+        self.max_forward_tokens = max_forward_tokens
         self.max_steps = max_steps
         self.device = model.device
         self.stats = EngineStats()
@@ -315,34 +322,40 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------------------------
     def step(self) -> list[RowEvent]:
         """One decoding step for every active row (after admitting waiting requests). Returns the events."""
+        if torch.is_inference_mode_enabled():
+            return self._step()
+        with torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[RowEvent]:
         events: list[RowEvent] = []
         self.stats.last_positions = {}
-        with torch.inference_mode():
-            self._admit(events)
-            if self.canvas is None:
-                return events
+        self._admit(events)
+        if self.canvas is None:
+            return events
+        if self._cancel or self.rows.nfe[0] >= self.max_steps:  # the first row is the oldest
             cut = self.rows.cancelled | (self.rows.nfe >= self.max_steps)
             if cut.any():
                 self._retire(np.flatnonzero(cut), events, reason=None)
                 if self.canvas is None:
                     return events
-            plan = self.method.plan(self.canvas, self.state)
-            if not plan.run.all():
-                self._retire(np.flatnonzero(~plan.run), events, reason="done", plan=plan)
-                if self.canvas is None:
-                    return events
-                plan = plan.select(np.flatnonzero(plan.run))
-            canvas, state, rows = self.canvas, self.state, self.rows
-            logits = self._forward(plan)
-            commit = self.method.commit(canvas, state, logits, plan)
-            commit.apply(canvas.x)
-            masked = canvas.gen() == self.mask_id
-            self._record(masked)
-            steps = rows.nfe.copy()
-            rows.nfe += 1
-            self.last_commit = commit
-            self._progress(events, steps, commit, masked)
-            self.method.update(canvas, state, commit)
+        plan = self.method.plan(self.canvas, self.state)
+        if not plan.run.all():
+            self._retire(np.flatnonzero(~plan.run), events, reason="done")
+            if self.canvas is None:
+                return events
+            plan = plan.select(np.flatnonzero(plan.run))
+        canvas, state, rows = self.canvas, self.state, self.rows
+        logits = self._forward(plan)
+        commit = self.method.commit(canvas, state, logits, plan)
+        commit.apply(canvas.x)
+        masked = canvas.gen() == self.mask_id
+        self._record(masked)
+        steps = rows.nfe.tolist()
+        rows.nfe += 1
+        self.last_commit = commit
+        self._progress(events, steps, commit, masked)
+        self.method.update(canvas, state, commit)
         return events
 
     def _admit(self, events: list[RowEvent]) -> None:
@@ -401,8 +414,7 @@ class Engine:
         self.cache.lengths[slots] = 0
         return slots
 
-    def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None, plan: StepPlan | None = None
-                ) -> None:
+    def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None) -> None:
         """Rows ``gone`` leave the batch: their outputs are final, their cache rows are released."""
         canvas, rows = self.canvas, self.rows
         gen = canvas.gen()
@@ -437,21 +449,26 @@ class Engine:
         self.canvas, self.state, self.rows = canvas.select(keep), self.state.select(keep), rows.select(keep)
 
     def _forward(self, plan: StepPlan) -> torch.Tensor:
-        """Logits ``[n, K, V]`` at ``plan.score_pos``: one packed forward in which each row forwards its positions
-        ``[start, end)`` against its own cache row (see :mod:`d3llm.models.packed`)."""
+        """Logits ``[n, K, V]`` at ``plan.score_pos``: packed forwards in which each row forwards its positions
+        ``[start, end)`` against its own cache row (see :mod:`d3llm.models.packed`), consecutive rows packed
+        together up to ``max_forward_tokens`` tokens per forward."""
         t0 = time.perf_counter()
-        canvas = self.canvas
         starts, ends = plan.start, plan.end
         cache = self.cache if self.method.uses_cache else None
         slots = self.rows.slots
         kv_lens = None if cache is None else np.maximum(cache.lengths[slots], ends)
-        rows = PackedRows.from_slices(starts, ends, kv_lens, slots)
-        tokens = canvas.x[np.repeat(np.arange(canvas.size), rows.lengths), rows.positions]
+        lengths = ends - starts
         n, k = plan.score_pos.shape
-        at = np.minimum(np.maximum(plan.score_pos - starts[:, None], 0), rows.lengths[:, None] - 1)
-        at += rows.offsets[:, None]
-        logits = self.model.forward_packed(torch.from_numpy(tokens).to(self.device), rows,
-                                           torch.from_numpy(at.reshape(-1)).to(self.device), cache=cache)
+        out = []
+        for i0, i1 in self._forward_groups(lengths):
+            rows = PackedRows.from_slices(starts[i0:i1], ends[i0:i1], None if kv_lens is None else kv_lens[i0:i1],
+                                          slots[i0:i1])
+            tokens = self.canvas.x[np.repeat(np.arange(i0, i1), rows.lengths), rows.positions]
+            at = np.minimum(np.maximum(plan.score_pos[i0:i1] - starts[i0:i1, None], 0), rows.lengths[:, None] - 1)
+            at += rows.offsets[:, None]
+            out.append(self.model.forward_packed(torch.from_numpy(tokens).to(self.device), rows,
+                                                 torch.from_numpy(at.reshape(-1)).to(self.device), cache=cache))
+        logits = out[0] if len(out) == 1 else torch.cat(out)
         if cache is not None:
             cache.lengths[slots] = plan.cache_length  # planned by the method, within [0, row length]
         if self._sync:
@@ -459,9 +476,24 @@ class Engine:
         self.stats.model_time += time.perf_counter() - t0
         self.stats.steps += 1
         self.stats.forwards += n
-        self.stats.positions += rows.size
-        self.stats.last_positions = dict(zip(self.active_ids, rows.lengths.tolist()))
+        self.stats.positions += int(lengths.sum())
+        self.stats.last_positions = dict(zip(self.active_ids, lengths.tolist()))
         return logits.view(n, k, -1)
+
+    def _forward_groups(self, lengths: np.ndarray) -> list[tuple[int, int]]:
+        """Consecutive rows ``[i0, i1)`` packed into one forward: at most ``max_forward_tokens`` tokens each (a
+        longer row goes alone)."""
+        budget = self.max_forward_tokens
+        if budget is None or len(lengths) == 1 or int(lengths.sum()) <= budget:
+            return [(0, len(lengths))]
+        groups, i0, total = [], 0, 0
+        for i, n in enumerate(lengths.tolist()):
+            if i > i0 and total + n > budget:
+                groups.append((i0, i))
+                i0, total = i, 0
+            total += n
+        groups.append((i0, len(lengths)))
+        return groups
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def _record(self, masked: np.ndarray) -> None:
@@ -485,12 +517,13 @@ class Engine:
             return new[: new.index(eos)]
         return new
 
-    def _progress(self, events: list[RowEvent], steps: np.ndarray, commit: Commit, masked: np.ndarray) -> None:
+    def _progress(self, events: list[RowEvent], steps: list[int], commit: Commit, masked: np.ndarray) -> None:
         """One event per row that decoded in this step."""
         canvas, rows = self.canvas, self.rows
-        prefix = np.where(masked.any(axis=1), masked.argmax(axis=1), canvas.gen_lengths).tolist()
+        first = masked.argmax(axis=1)
+        prefix = np.where(masked[np.arange(len(first)), first], first, canvas.gen_lengths).tolist()
         gen = canvas.gen()
         starts = canvas.gen_start.tolist()
         for i, req in enumerate(rows.requests):
-            events.append(RowEvent(req.request_id, int(steps[i]), prefix[i], self._stream(i, gen[i], prefix[i]),
+            events.append(RowEvent(req.request_id, steps[i], prefix[i], self._stream(i, gen[i], prefix[i]),
                                    _commit=(commit.transfer[i], commit.positions[i], starts[i])))

@@ -38,7 +38,7 @@ def weight(y: float, y_max: float, alpha: float = 3.0) -> float:
     return min(math.exp(-alpha * (1 - y / y_max)), 1.0)
 
 
-def check_points(points: Iterable[Sequence[float]], what: str = "points") -> list[tuple[float, float]]:
+def check_points(points: Iterable[Sequence[float]], what: str = "curve") -> list[tuple[float, float]]:
     """Validate a curve: a non-empty list of ``(TPF, accuracy %)`` pairs with TPF > 0 and 0 <= accuracy <= 100.
 
     Returns the pairs as floats, in the given order. Raises :class:`~d3llm.errors.AUPError` naming ``what``, the
@@ -49,15 +49,15 @@ def check_points(points: Iterable[Sequence[float]], what: str = "points") -> lis
     out = []
     for i, point in enumerate(points):
         if isinstance(point, (str, bytes)) or not isinstance(point, Sequence) or len(point) != 2:
-            raise AUPError(f"{what}[{i}]: expected a (TPF, accuracy %) pair, got {point!r}")
+            raise AUPError(f"{what}, point {i + 1}: expected a (TPF, accuracy %) pair, got {point!r}")
         tpf, acc = point
         for name, value in (("TPF", tpf), ("accuracy", acc)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise AUPError(f"{what}[{i}]: {name} must be a finite number, got {value!r}")
+                raise AUPError(f"{what}, point {i + 1}: {name} must be a finite number, got {value!r}")
         if tpf <= 0:
-            raise AUPError(f"{what}[{i}]: TPF must be positive (tokens per forward), got {tpf!r}")
+            raise AUPError(f"{what}, point {i + 1}: TPF must be positive (tokens per forward), got {tpf!r}")
         if not 0 <= acc <= 100:
-            raise AUPError(f"{what}[{i}]: accuracy must be a percentage in [0, 100], got {acc!r}")
+            raise AUPError(f"{what}, point {i + 1}: accuracy must be a percentage in [0, 100], got {acc!r}")
         out.append((float(tpf), float(acc)))
     if not out:
         raise AUPError(f"{what}: no points; a curve needs at least one (TPF, accuracy %) pair")

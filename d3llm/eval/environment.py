@@ -50,3 +50,15 @@ def environment(model=None, device: torch.device | str | None = None) -> dict:
         except (OSError, subprocess.SubprocessError):
             env["driver"] = None
     return env
+
+
+def write_record(path, payload: dict) -> Path:
+    """Write a benchmark or evaluation record as indented JSON, atomically, creating its folder; returns the path."""
+    import json
+
+    from d3llm.models.checkpoint import atomic_write_text
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(payload, indent=2))
+    return out

@@ -13,6 +13,7 @@ Every request also yields a record (prompt length, generated tokens, NFE, wall t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import d3llm
@@ -76,9 +77,14 @@ class EvalResult:
 
 
 def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
-             limit: int | None = None, seed: int | None = None, progress: bool = False) -> EvalResult:
+             limit: int | None = None, seed: int | None = None, progress: bool = False, warmup: bool = True,
+             on_batch: Callable[[int, int, int], None] | None = None) -> EvalResult:
     """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
-    default) and ``params`` (unset ones: the folder's defaults), and score the answers."""
+    default) and ``params`` (unset ones: the folder's defaults), and score the answers.
+
+    ``warmup``: decode the first batch once, untimed, before the timed run. ``on_batch(requests, tokens, nfe)`` is
+    called after every batch with that batch's counts (a caller's own progress display).
+    """
     from d3llm.decoding.defaults import resolve_method
     from d3llm.errors import ConfigError
 
@@ -95,7 +101,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
     eos = model.eos_token_id if params.get("eos_token_id") is None else params["eos_token_id"]
 
-    d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # warm-up, not timed
+    if warmup:
+        d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # not timed
     outputs: list[list[int]] = []
     nfes: list[int] = []
     walls: list[float] = []
@@ -110,6 +117,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
         model_time += result.model_time
         if bar is not None:
             bar.advance(len(result.tokens), tokens=sum(len(t) for t in outputs), nfe=sum(nfes))
+        if on_batch is not None:
+            on_batch(len(result.tokens), int(result.num_tokens.sum()), int(result.nfe.sum()))
     if bar is not None:
         bar.close()
 

@@ -1,17 +1,18 @@
-"""The model interface both families implement: one forward that serves full-canvas and cached slice forwards.
+"""The model interface every family implements: one forward that serves full-canvas and cached slice forwards.
 
 ``model(input_ids, attention_mask=None, position_ids=None, *, cache=None, use_cache=False, start=None,
 append=None, write_range=None, causal=False) -> ModelOutput``
 
 * ``input_ids`` ``[B, T]``: the forwarded tokens, canvas positions ``[start, start + T)``.
-* ``logits`` ``[B, T, V]``: position i scores the token at position i, for both families (Dream's shift is done
-  inside :class:`~d3llm.models.dream.DreamLM`).
+* ``logits`` ``[B, T, V]``: position i scores the token at position i, for every family (the next-token shift of
+  Dream and Llama is done inside :class:`~d3llm.models.llama_style.LlamaStyleLM`).
 * ``attention_mask`` ``[B, S]`` (1 = real token, 0 = padding), HF convention: it covers the keys, i.e. the cached
   prefix and the slice (with a cache: at least ``[0, kv_end)``; the canvas-long mask is the simplest thing to pass).
   Padded keys are never attended to; rotary positions default to ``cumsum(mask) - 1``, so a left-padded row sees
   exactly the positions it would see alone.
 * ``cache``/``use_cache``/``start``/``append``/``write_range``: see :mod:`d3llm.cache.kv_cache`.
-* ``causal=True`` forces a causal mask (used to check the weights against autoregressive reference models).
+* ``causal=True`` forces a causal mask (used to check the weights against autoregressive reference models). A
+  causal family (``model.causal``: Llama) always applies it.
 
 ``model.forward_packed(tokens, rows, score_index, cache=None)`` is the decoding engine's forward: several rows'
 slices packed into one token axis, each against its own cache row, logits only at ``score_index`` (see
@@ -57,15 +58,18 @@ def skip_init() -> Iterator[None]:
 
 
 class DiffusionLM(nn.Module):
-    """Base class of the LLaDA and Dream models: forward planning, cache bookkeeping and initialisation.
+    """Base class of every native model (LLaDA, Dream, and the causal Llama baseline): forward planning, cache
+    bookkeeping and initialisation.
 
     Subclasses build their modules with the public checkpoint key names and implement :meth:`backbone` (embedding,
     blocks, final norm: ``[B, T]`` ids -> ``[B, T, hidden]``) and :meth:`head` (hidden -> aligned logits ``[B, T, V]``).
+    ``causal`` is True for autoregressive families: every forward then uses a causal mask, and decoding methods
+    check it (diffusion methods need a bidirectional model, ``autoregressive`` a causal one).
     """
 
     family: str = ""
+    causal: bool = False
     rope_full_precision: bool = True
-    causal: bool = False  # packed forwards of an autoregressive family mask future keys
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -151,7 +155,7 @@ class DiffusionLM(nn.Module):
         bsz, seq = input_ids.shape
         if cache is None and use_cache:
             cache = self.new_cache(bsz, (start or 0) + seq)
-        plan = self._plan(input_ids, attention_mask, position_ids, cache, start, write_range, causal)
+        plan = self._plan(input_ids, attention_mask, position_ids, cache, start, write_range, causal or self.causal)
         hidden = self.backbone(input_ids, plan)
         logits = self.head(hidden, plan)
         if cache is not None:

@@ -23,10 +23,11 @@ from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
 from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
-from d3llm.models.configs import DreamConfig, ModelConfig, config_from_dict
+from d3llm.models.configs import DreamConfig, LlamaConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
 from d3llm.models.generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from d3llm.models.llada import LLaDALM
+from d3llm.models.llama import LlamaLM
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS = "model.safetensors"
@@ -38,7 +39,7 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
 
-MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM}
+MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM, "llama": LlamaLM}
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
                 torch.float64: "float64"}
@@ -97,7 +98,7 @@ def _read_json(file: Path) -> Any:
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
-    """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream)."""
+    """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream and Llama)."""
     folder = _folder(path)
     file = folder / CONFIG_NAME
     if not file.is_file():
@@ -109,7 +110,7 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     gen_file = folder / GENERATION_CONFIG_NAME
-    if isinstance(config, DreamConfig) and gen_file.is_file():
+    if isinstance(config, (DreamConfig, LlamaConfig)) and gen_file.is_file():
         eos = _read_json(gen_file).get("eos_token_id")
         if isinstance(eos, list):  # several stop ids: the first is the end-of-text id used for early stop
             eos = eos[0] if eos else None
@@ -195,7 +196,7 @@ def _shape_hint(config: ModelConfig) -> str:
 
 
 def load_model(path: str | os.PathLike, device=None, dtype=None, *, strict: bool = True) -> DiffusionLM:
-    """Load a LLaDA or Dream folder (``config.json`` + safetensors) into a native model, in eval mode.
+    """Load a LLaDA, Dream or Llama folder (``config.json`` + safetensors) into a native model, in eval mode.
 
     Args:
         path: the model folder.
@@ -372,7 +373,7 @@ def save_model(
         generation = GenerationConfig.from_dict(generation)
     if generation is not None:
         generation.save(folder)
-    elif isinstance(model.config, DreamConfig) and not (folder / GENERATION_CONFIG_NAME).exists():
+    elif isinstance(model.config, (DreamConfig, LlamaConfig)) and not (folder / GENERATION_CONFIG_NAME).exists():
         gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
                "pad_token_id": model.config.pad_token_id, "mask_token_id": model.config.mask_token_id}
         atomic_write_text(folder / GENERATION_CONFIG_NAME, json.dumps(gen, indent=2) + "\n")

@@ -1,16 +1,18 @@
-"""Model configurations of the two dLLM families, read from and written to the public ``config.json`` layout.
+"""Model configurations, read from and written to the public ``config.json`` layout.
 
-Two families share one decoder design (pre-norm RMSNorm, rotary attention without a causal mask, SwiGLU MLP):
+Three families share one decoder design (pre-norm RMSNorm, rotary attention, SwiGLU MLP):
 
-* **LLaDA** (``model_type`` ``"llada"``): OLMo-style field names (``d_model``, ``n_layers``, ...). A field missing from
-  ``config.json`` takes the default of the reference ``ModelConfig`` (GPT-2-like values), exactly as the reference
-  loader would; the result is then checked against the layout this project implements, so a folder whose missing
-  field would silently change the maths is refused with the key named instead.
+* **LLaDA** (``model_type`` ``"llada"``): OLMo-style field names (``d_model``, ``n_layers``, ...), bidirectional. A
+  field missing from ``config.json`` takes the default of the reference ``ModelConfig`` (GPT-2-like values), exactly
+  as the reference loader would; the result is then checked against the layout this project implements, so a folder
+  whose missing field would silently change the maths is refused with the key named instead.
 * **Dream** (``model_type`` ``"Dream"``): Qwen2 field names (``hidden_size``, ``num_hidden_layers``, ...), q/k/v biases,
-  grouped key/value heads.
+  grouped key/value heads, bidirectional.
+* **Llama** (``model_type`` ``"llama"``): transformers' ``LlamaConfig`` field names, no biases, **causal**: the
+  autoregressive baseline family, loadable by ``LlamaForCausalLM`` as it is.
 
 Unknown fields are kept in ``extra`` and written back unchanged by :meth:`to_dict`, so a loaded folder round-trips.
-Both classes expose the same family-neutral properties (``hidden_size``, ``num_layers``, ``num_heads``,
+All classes expose the same family-neutral properties (``hidden_size``, ``num_layers``, ``num_heads``,
 ``num_kv_heads``, ``head_dim``, ``intermediate_size``, ``vocab_size``, ``max_length``, ``mask_token_id``,
 ``eos_token_id``) that the model code and the decoders use.
 """
@@ -339,49 +341,39 @@ def llada_config(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Dream
+# The transformers decoder layout (field names of Llama / Qwen2): Dream and Llama
 # ---------------------------------------------------------------------------------------------------------------
-
-_DREAM_LAYOUT = "d3llm implements the Dream-v0 layout (Qwen2 decoder, silu MLP, default RoPE, full attention)"
 
 
 @dataclass
-class DreamConfig(_BaseConfig):
-    """Dream ``config.json`` (Qwen2 field names). Defaults are the reference ``DreamConfig`` defaults."""
+class _DecoderConfig(_BaseConfig):
+    """Fields, checks and the family-neutral view shared by the layouts with transformers' Llama/Qwen2 field names.
 
-    model_type: ClassVar[str] = "Dream"
-    family: ClassVar[str] = "dream"
+    Subclasses redeclare fields whose default differs (the defaults are those of each family's reference config).
+    """
 
-    vocab_size: int = 151936
+    layout: ClassVar[str] = ""
+
+    vocab_size: int = 32000
     hidden_size: int = 4096
-    intermediate_size: int = 22016
+    intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
-    num_key_value_heads: int | None = 32
+    num_key_value_heads: int | None = None
     hidden_act: str = "silu"
-    max_position_embeddings: int = 32768
+    max_position_embeddings: int = 2048
     initializer_range: float = 0.02
     rms_norm_eps: float = 1e-6
-    use_cache: bool = False
+    use_cache: bool = True
     tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
-    use_sliding_window: bool = False
-    sliding_window: int | None = 4096
-    max_window_layers: int = 28
     attention_dropout: float = 0.0
-    mask_token_id: int | None = 151666
-    pad_token_id: int | None = 151643
-    bos_token_id: int | None = 151643
-    eos_token_id: int | None = 151643
-    torch_dtype: str | None = "bfloat16"
-    architectures: list[str] = field(default_factory=lambda: ["DreamModel"])
-    auto_map: dict[str, str] = field(
-        default_factory=lambda: {
-            "AutoConfig": "configuration_dream.DreamConfig",
-            "AutoModel": "modeling_dream.DreamModel",
-        }
-    )
+    mask_token_id: int | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    torch_dtype: str | None = None
 
     def validate(self) -> None:
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -391,15 +383,14 @@ class DreamConfig(_BaseConfig):
             self._check_positive("num_key_value_heads")
         self._check_type("rope_theta", (int, float))
         self._check_type("rms_norm_eps", (int, float))
-        self._check_supported("hidden_act", ("silu",), _DREAM_LAYOUT)
-        self._check_supported("use_sliding_window", (False,), _DREAM_LAYOUT)
+        self._check_supported("hidden_act", ("silu",), self.layout)
         if self.rope_scaling is not None and self.rope_scaling.get("rope_type", self.rope_scaling.get("type")) not in (
             None,
             "default",
         ):
             raise ConfigError(
                 f"{self.source}: key 'rope_scaling' = {self.rope_scaling!r} is not supported (expected null); "
-                f"{_DREAM_LAYOUT}"
+                f"{self.layout}"
             )
         self._check_common()
 
@@ -423,22 +414,19 @@ class DreamConfig(_BaseConfig):
     def max_length(self) -> int:
         return self.max_position_embeddings
 
+    @property
+    def qkv_bias(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
 
-def dream_config(
-    *,
-    hidden_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int,
-    intermediate_size: int,
-    vocab_size: int,
-    max_position_embeddings: int = 4096,
-    rope_theta: float = 1000000.0,
-    mask_token_id: int | None = None,
-    eos_token_id: int | None = None,
-    **overrides: Any,
-) -> DreamConfig:
-    """A complete Dream config at a chosen size (mask = V-1, eos = pad = bos = V-2 unless given)."""
+
+def _decoder_config(config_cls: type[_DecoderConfig], family_values: dict[str, Any], *, hidden_size: int,
+                    num_hidden_layers: int, num_attention_heads: int, num_key_value_heads: int,
+                    intermediate_size: int, vocab_size: int, max_position_embeddings: int = 4096,
+                    mask_token_id: int | None = None, eos_token_id: int | None = None,
+                    **overrides: Any) -> _DecoderConfig:
+    """A complete config of a transformers-layout family at a chosen size, every field written explicitly: the
+    shared values, then the family's ``family_values``, then ``overrides`` (any field). Special ids default to the
+    last vocabulary entries (mask = V-1, eos = pad = bos = V-2) for random models."""
     mask_token_id = vocab_size - 1 if mask_token_id is None else mask_token_id
     eos_token_id = vocab_size - 2 if eos_token_id is None else eos_token_id
     values = dict(
@@ -454,11 +442,7 @@ def dream_config(
         rms_norm_eps=1e-6,
         use_cache=False,
         tie_word_embeddings=False,
-        rope_theta=rope_theta,
         rope_scaling=None,
-        use_sliding_window=False,
-        sliding_window=None,
-        max_window_layers=num_hidden_layers,
         attention_dropout=0.0,
         mask_token_id=mask_token_id,
         pad_token_id=eos_token_id,
@@ -466,15 +450,118 @@ def dream_config(
         eos_token_id=eos_token_id,
         torch_dtype="float32",
     )
+    values.update(family_values)
     values.update(overrides)
-    config = DreamConfig(**values, source="dream_config()")
+    config = config_cls(**values, source=f"{config_cls.family}_config()")
     config.validate()
     return config
 
 
-ModelConfig = LLaDAConfig | DreamConfig
+# -- Dream ------------------------------------------------------------------------------------------------------
 
-CONFIG_CLASSES: dict[str, type[_BaseConfig]] = {"llada": LLaDAConfig, "Dream": DreamConfig}
+@dataclass
+class DreamConfig(_DecoderConfig):
+    """Dream ``config.json`` (Qwen2 field names). Defaults are the reference ``DreamConfig`` defaults."""
+
+    model_type: ClassVar[str] = "Dream"
+    family: ClassVar[str] = "dream"
+    layout: ClassVar[str] = (
+        "d3llm implements the Dream-v0 layout (Qwen2 decoder, silu MLP, default RoPE, full attention)"
+    )
+
+    vocab_size: int = 151936
+    hidden_size: int = 4096
+    intermediate_size: int = 22016
+    num_key_value_heads: int | None = 32
+    max_position_embeddings: int = 32768
+    use_cache: bool = False
+    use_sliding_window: bool = False
+    sliding_window: int | None = 4096
+    max_window_layers: int = 28
+    mask_token_id: int | None = 151666
+    pad_token_id: int | None = 151643
+    bos_token_id: int | None = 151643
+    eos_token_id: int | None = 151643
+    torch_dtype: str | None = "bfloat16"
+    architectures: list[str] = field(default_factory=lambda: ["DreamModel"])
+    auto_map: dict[str, str] = field(
+        default_factory=lambda: {
+            "AutoConfig": "configuration_dream.DreamConfig",
+            "AutoModel": "modeling_dream.DreamModel",
+        }
+    )
+
+    def validate(self) -> None:
+        self._check_supported("use_sliding_window", (False,), self.layout)
+        super().validate()
+
+    @property
+    def qkv_bias(self) -> bool:
+        return True
+
+
+def dream_config(**spec: Any) -> DreamConfig:
+    """A complete Dream config at a chosen size (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``num_key_value_heads``, ``intermediate_size``, ``vocab_size``; any other field as an override); see
+    :func:`_decoder_config`."""
+    family = {"rope_theta": 1000000.0, "use_sliding_window": False, "sliding_window": None,
+              "max_window_layers": spec.get("num_hidden_layers")}
+    return _decoder_config(DreamConfig, family, **spec)
+
+
+# -- Llama ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class LlamaConfig(_DecoderConfig):
+    """Llama ``config.json`` (transformers' ``LlamaConfig`` field names and defaults): the causal family.
+
+    ``mask_token_id`` is ours (transformers keeps it as a plain attribute): the id the decoding canvas holds at
+    positions not yet generated. transformers 5 writes ``rope_parameters`` instead of ``rope_theta`` /
+    ``rope_scaling``; both spellings are read, the 4.x one is written (every version reads it).
+    """
+
+    model_type: ClassVar[str] = "llama"
+    family: ClassVar[str] = "llama"
+    layout: ClassVar[str] = (
+        "d3llm implements the Llama layout without biases (silu MLP, default RoPE, causal attention)"
+    )
+
+    pretraining_tp: int = 1
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    architectures: list[str] = field(default_factory=lambda: ["LlamaForCausalLM"])
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config.json"):
+        if isinstance(data, dict) and isinstance(data.get("rope_parameters"), dict):
+            data = dict(data)
+            rope = dict(data.pop("rope_parameters"))
+            data.setdefault("rope_theta", rope.pop("rope_theta", cls.rope_theta))
+            if rope.get("rope_type", "default") != "default" or set(rope) - {"rope_type"}:
+                data.setdefault("rope_scaling", rope)
+        return super().from_dict(data, source)
+
+    def validate(self) -> None:
+        self._check_supported("attention_bias", (False,), self.layout)
+        self._check_supported("mlp_bias", (False,), self.layout)
+        self._check_type("pretraining_tp", int)
+        super().validate()
+
+    @property
+    def qkv_bias(self) -> bool:
+        return False
+
+
+def llama_config(**spec: Any) -> LlamaConfig:
+    """A complete Llama config at a chosen size (the same arguments as :func:`dream_config`)."""
+    family = {"rope_theta": 500000.0, "use_cache": True, "pretraining_tp": 1, "attention_bias": False,
+              "mlp_bias": False}
+    return _decoder_config(LlamaConfig, family, **spec)
+
+
+ModelConfig = LLaDAConfig | DreamConfig | LlamaConfig
+
+CONFIG_CLASSES: dict[str, type[_BaseConfig]] = {"llada": LLaDAConfig, "Dream": DreamConfig, "llama": LlamaConfig}
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config.json") -> ModelConfig:
@@ -509,7 +596,15 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
                         max_sequence_length=1024),
     "dream-small": dict(family="dream", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2, intermediate_size=384, vocab_size=256, max_position_embeddings=1024),
+    # Causal (autoregressive) models: llama-small has exactly llada-small's shape and parameter count (the
+    # autoregressive baseline of the built-in task); llama-tiny groups key/value heads, as dream-tiny does.
+    "llama-tiny": dict(family="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, vocab_size=128, max_position_embeddings=512),
+    "llama-small": dict(family="llama", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=4, intermediate_size=384, vocab_size=256, max_position_embeddings=1024),
 }
+
+CONFIG_BUILDERS = {"llada": llada_config, "dream": dream_config, "llama": llama_config}
 
 
 def named_config(name: str, **overrides: Any) -> ModelConfig:
@@ -520,6 +615,6 @@ def named_config(name: str, **overrides: Any) -> ModelConfig:
     family = spec.pop("family")
     spec.update(overrides)
     try:
-        return llada_config(**spec) if family == "llada" else dream_config(**spec)
+        return CONFIG_BUILDERS[family](**spec)
     except TypeError as exc:  # an override that is not a field
         raise ConfigError(f"config {name!r}: {exc}") from None

@@ -89,15 +89,9 @@ class ListDataset:
         return self.items[i]
 
 
-def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
-    """Read a JSONL file of ``{"question": str, "answer": str}`` rows; errors name the file, line and field.
-
-    ``scored=True`` (evaluation) also requires every answer to hold a gold number (a ``#### N`` line or a last
-    number), so a file that cannot be scored fails here, before any decoding."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"dataset file '{file}' does not exist; expected a JSONL file with 'question' and 'answer'")
-    items: list[Example] = []
+def iter_jsonl(file: Path):
+    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not a JSON object is a
+    ConfigError naming the file and line."""
     with open(file, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -108,17 +102,30 @@ def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
                 raise ConfigError(f"{file}:{lineno}: not valid JSON ({exc.msg}); expected one object per line") from None
             if not isinstance(row, dict):
                 raise ConfigError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in ("question", "answer"):
-                if key not in row:
-                    raise ConfigError(f"{file}:{lineno}: field '{key}' is missing; each row needs 'question' and "
-                                      f"'answer' strings (found {sorted(row)})")
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise ConfigError(f"{file}:{lineno}: field '{key}' must be a non-empty string, got {row[key]!r}")
-            gold = reference_answer(row["answer"])
-            if scored and gold is None:
-                raise ConfigError(f"{file}:{lineno}: field 'answer' ({row['answer'][:60]!r}) holds no number to score "
-                                  f"against; evaluation needs a '#### N' line or a final number in every answer")
-            items.append(Example(row["question"], row["answer"], gold, f"{file}:{lineno}"))
+            yield lineno, row
+
+
+def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
+    """Read a JSONL file of ``{"question": str, "answer": str}`` rows; errors name the file, line and field.
+
+    ``scored=True`` (evaluation) also requires every answer to hold a gold number (a ``#### N`` line or a last
+    number), so a file that cannot be scored fails here, before any decoding."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"dataset file '{file}' does not exist; expected a JSONL file with 'question' and 'answer'")
+    items: list[Example] = []
+    for lineno, row in iter_jsonl(file):
+        for key in ("question", "answer"):
+            if key not in row:
+                raise ConfigError(f"{file}:{lineno}: field '{key}' is missing; each row needs 'question' and "
+                                  f"'answer' strings (found {sorted(row)})")
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise ConfigError(f"{file}:{lineno}: field '{key}' must be a non-empty string, got {row[key]!r}")
+        gold = reference_answer(row["answer"])
+        if scored and gold is None:
+            raise ConfigError(f"{file}:{lineno}: field 'answer' ({row['answer'][:60]!r}) holds no number to score "
+                              f"against; evaluation needs a '#### N' line or a final number in every answer")
+        items.append(Example(row["question"], row["answer"], gold, f"{file}:{lineno}"))
     if not items:
         raise ConfigError(f"{file} holds no rows; expected JSON objects with 'question' and 'answer', one per line")
     return ListDataset(items, str(file))

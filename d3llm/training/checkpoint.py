@@ -40,7 +40,8 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 FORMAT_VERSION = 1
 
 
-def _sha256(file: Path) -> str:
+def sha256_file(file: Path) -> str:
+    """Hex SHA-256 of a file's content (read in 1 MiB chunks)."""
     h = hashlib.sha256()
     with open(file, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -125,7 +126,7 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.o
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = file.relative_to(tmp).as_posix()
-            files[rel] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+            files[rel] = {"size": file.stat().st_size, "sha256": sha256_file(file)}
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         _fsync_dir(tmp)
@@ -171,7 +172,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
                 f"checkpoint {folder}: {rel} is truncated or corrupted ({size} bytes, the manifest says "
                 f"{meta.get('size')}); {hint}"
             )
-        if _sha256(file) != meta.get("sha256"):
+        if sha256_file(file) != meta.get("sha256"):
             raise CheckpointError(
                 f"checkpoint {folder}: {rel} is corrupted (SHA-256 differs from the manifest); {hint}"
             )

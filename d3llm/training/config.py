@@ -11,6 +11,10 @@ from d3llm.errors import ConfigError
 
 DEFAULT_WARMUP = 200
 
+#: ``d3llm train --objective``: masked-diffusion SFT of a bidirectional model, or next-token SFT of a causal one
+SFT_OBJECTIVES = {"diffusion": "masked-diffusion SFT (LLaDA guidelines) of a bidirectional model (llada-*, dream-*)",
+                  "causal": "next-token SFT of a causal model (llama-*): the autoregressive baseline"}
+
 
 @dataclass
 class LoopConfig:
@@ -71,8 +75,10 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """Options of ``d3llm train`` (see ``d3llm train --help`` for each): the loop's, plus data, model and noise."""
+    """Options of ``d3llm train`` (see ``d3llm train --help`` for each): the loop's, plus objective, data, model and
+    noise."""
 
+    objective: str = "diffusion"
     data: str = "arith"
     eval_data: str | None = None
     model: str = "llada-small"
@@ -93,3 +99,5 @@ class TrainConfig(LoopConfig):
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not 0 < self.eps < 1:
             raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")
+        if self.objective not in SFT_OBJECTIVES:
+            raise ConfigError(f"--objective {self.objective!r} is not one of {', '.join(SFT_OBJECTIVES)}")

@@ -1,4 +1,5 @@
-"""The masked-diffusion SFT objective of the LLaDA guidelines.
+"""Training losses on response tokens: the masked-diffusion SFT objective of the LLaDA guidelines, and the next-token
+loss of a causal model (the autoregressive baseline, :func:`causal_lm_loss`).
 
 For each sequence a ratio ``t ~ U(0, 1)`` is drawn and ``p = (1 - eps) * t + eps``; every response token is
 replaced by the mask token independently with probability ``p`` (the prompt never is); the loss is the sum over
@@ -21,7 +22,8 @@ from d3llm.training.collate import Batch
 
 @dataclass
 class LossOutput:
-    """``loss`` (scalar, differentiable); ``masked`` tokens and the unweighted masked ``ce`` sum (for logging)."""
+    """``loss`` (scalar, differentiable); ``masked``: the tokens the loss scores (masked ones, or a causal model's
+    targets) and their unweighted ``ce`` sum (for logging)."""
 
     loss: torch.Tensor
     masked: int
@@ -70,3 +72,25 @@ def masked_diffusion_loss(model, batch: Batch, mask_id: int, t: torch.Tensor, u:
     ce = F.cross_entropy(logits[rows, cols].float(), batch.input_ids[rows, cols], reduction="none")
     loss = (ce / p[rows]).sum() / batch.response_length / batch.input_ids.shape[0]
     return LossOutput(loss=loss, masked=int(rows.numel()), ce_sum=float(ce.detach().sum()))
+
+
+def causal_lm_loss(model, batch: Batch, eos_id: int | None) -> LossOutput:
+    """Next-token loss of a causal model on the response (teacher forcing, no noise).
+
+    ``model`` returns aligned logits (position i scores token i from the causal context before it; the shift is
+    inside the model). Counted targets are the response tokens up to and including the first ``eos_id`` (the answer,
+    the end-of-turn token and one end-of-text: what a decoder that stops at EOS must produce; the padding after it
+    is never generated and not trained). Per sequence the mean cross-entropy of its counted tokens; the loss is the
+    mean over the batch (so data-parallel ranks with equal slices average to the global value).
+    """
+    logits = model(batch.input_ids, attention_mask=batch.attention_mask).logits
+    start = batch.response_start
+    target = batch.input_ids[:, start:]
+    counted = torch.ones_like(target, dtype=torch.bool)
+    if eos_id is not None:
+        is_eos = target == eos_id
+        # positions after the first EOS: an EOS strictly before them in the response
+        counted = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+    ce = F.cross_entropy(logits[:, start:].float().transpose(1, 2), target, reduction="none")  # [B, R]
+    per_sequence = (ce * counted).sum(dim=1) / counted.sum(dim=1)
+    return LossOutput(loss=per_sequence.mean(), masked=int(counted.sum()), ce_sum=float(ce.detach()[counted].sum()))

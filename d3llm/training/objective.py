@@ -6,6 +6,8 @@ and the final model folder. An :class:`Objective` owns what differs: where the m
 come from, what one optimizer step's batch is, the loss, and the held-out evaluation. Objectives today:
 
 * :class:`d3llm.training.sft.MaskedDiffusionObjective`: masked-diffusion SFT (``d3llm train``);
+* :class:`d3llm.training.causal.CausalLMObjective`: next-token SFT of a causal model, the autoregressive baseline
+  (``d3llm train --objective causal``);
 * :class:`d3llm.distill.objective.DistillationObjective`: pseudo-trajectory distillation (``d3llm distill``).
 
 Determinism contract (what makes ``--resume`` bit-exact and one process equal to many): :meth:`Objective.batch` of

@@ -90,8 +90,9 @@ def _build_model(cfg: TrainConfig, tokenizer):
         raise ConfigError(f"--model {cfg.model!r} is neither a model folder (no config.json there) nor a named "
                           f"config ({', '.join(sorted(NAMED_CONFIGS))})")
     mask_id = tokenizer.mask_token_id
-    if mask_id is None:
+    if mask_id is None and cfg.objective == "diffusion":
         raise ConfigError("the tokenizer has no mask_token; a masked-diffusion model needs one (e.g. <|mdm_mask|>)")
+    # a causal model keeps the mask id too, when the tokenizer has one: the decoders' placeholder
     ids = dict(vocab_size=len(tokenizer), mask_token_id=mask_id, eos_token_id=tokenizer.eos_token_id)
     family = NAMED_CONFIGS[cfg.model]["family"]
     ids["pad_token_id" if family == "llada" else "bos_token_id"] = tokenizer.eos_token_id
@@ -134,13 +135,13 @@ def decode_accuracy(model, tokenizer, prompts: list[list[int]], golds: list[str]
 
 
 class Evaluator:
-    """Held-out masked-diffusion loss on fixed examples with fixed masks (comparable across steps and runs)."""
+    """Held-out loss of the objective on fixed examples with fixed masks (comparable across steps and runs)."""
 
-    def __init__(self, cfg: TrainConfig, encoder: Encoder, dataset, mask_id: int):
+    def __init__(self, cfg: TrainConfig, encoder: Encoder, dataset, objective: "MaskedDiffusionObjective"):
         n = min(cfg.eval_size, len(dataset))
         self.examples = [dataset[i] for i in range(n)]
         self.encoded = [encoder.encode_example(e) for e in self.examples]
-        self.encoder, self.mask_id, self.cfg = encoder, mask_id, cfg
+        self.encoder, self.objective, self.cfg = encoder, objective, cfg
         gen = torch.Generator().manual_seed(seed_of("eval", 12345))
         self.t, self.u = draw_noise(n, cfg.response_length, gen)
 
@@ -151,7 +152,7 @@ class Evaluator:
         total, bs = 0.0, self.cfg.batch_size
         for i in range(0, len(self.encoded), bs):
             batch = self.encoder.collate(self.encoded[i:i + bs]).to(device)
-            out = masked_diffusion_loss(model, batch, self.mask_id, self.t[i:i + bs], self.u[i:i + bs], self.cfg.eps)
+            out = self.objective.example_loss(model, batch, self.t[i:i + bs], self.u[i:i + bs])
             total += float(out.loss) * batch.input_ids.shape[0]
         model.train(was_training)
         return total / len(self.encoded)
@@ -160,10 +161,14 @@ class Evaluator:
     def accuracy(self, model, tokenizer, method: str) -> dict[str, float]:
         """Exact match and TPF of answers decoded with ``d3llm.decoding.generate(method=...)`` on the first
         ``eval_decode_size`` examples (``vanilla``: one token per forward, blocks of 32 when they divide the
-        response length)."""
+        response length; ``autoregressive``: the response length)."""
+        from d3llm.decoding.methods import METHODS
+
         n = min(self.cfg.eval_decode_size, len(self.examples))
         length = self.cfg.response_length
-        params = {"max_new_tokens": length, "block_size": 32 if length % 32 == 0 else length}
+        params = {"max_new_tokens": length}
+        if method not in METHODS or not METHODS[method].causal:  # block decoders (an unknown name fails in generate)
+            params["block_size"] = 32 if length % 32 == 0 else length
         if method == "vanilla":
             params["steps"] = length
         golds = [e.gold if e.gold is not None else e.answer for e in self.examples[:n]]
@@ -175,15 +180,21 @@ class SFTBatch:
     """The rank's examples of one step and their noise rows."""
 
     batch: Batch
-    t: torch.Tensor
-    u: torch.Tensor
+    t: torch.Tensor | None
+    u: torch.Tensor | None
 
 
 class MaskedDiffusionObjective(Objective):
-    """LLaDA-guideline SFT (:func:`d3llm.training.loss.masked_diffusion_loss`) on the built-in task or a JSONL file."""
+    """LLaDA-guideline SFT (:func:`d3llm.training.loss.masked_diffusion_loss`) on the built-in task or a JSONL file.
+
+    Subclasses that train on the same data with another loss (:class:`d3llm.training.causal.CausalLMObjective`)
+    override :meth:`check_model` and :meth:`example_loss`, and set ``uses_noise``.
+    """
 
     name = "diffusion"
-    resume_keys = ("data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps", "data_seed")
+    resume_keys = ("objective", "data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps",
+                   "data_seed")
+    uses_noise = True  # draw the masking noise of every step (the masked-diffusion loss needs it)
 
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
@@ -199,18 +210,16 @@ class MaskedDiffusionObjective(Objective):
         self.encoder = Encoder(self.tokenizer, cfg.response_length)
         model = _build_model(cfg, self.tokenizer)
         self.mask_id = model.config.mask_token_id
-        if self.mask_id is None:
-            raise ConfigError(f"model {cfg.model!r} has no mask_token_id in its config.json")
+        self.check_model(model)
         if self.tokenizer.eos_token_id != model.config.eos_token_id:
             raise ConfigError(f"the tokenizer's eos_token_id {self.tokenizer.eos_token_id} differs from the model's "
                               f"eos_token_id {model.config.eos_token_id}")
         _check_lengths(cfg, self.encoder, self.dataset, model)
-        model.generation_config = GenerationConfig.for_trained_model(
-            cfg.response_length, model.config.eos_token_id, model.config.pad_token_id, base=model.generation_config)
+        model.generation_config = self.generation_defaults(model)
         eval_spec = cfg.eval_data or ("arith:test" if cfg.data.split(":")[0] == "arith" else None)
         if eval_spec is not None and info.is_main:
             held_out = load_dataset(eval_spec, "test", None, cfg.data_seed, scored=cfg.eval_decode is not None)
-            self.evaluator = Evaluator(cfg, self.encoder, held_out, self.mask_id)
+            self.evaluator = Evaluator(cfg, self.encoder, held_out, self)
         self.model = model
         self.stream = DataStream(self.dataset, cfg.data_seed)
 
@@ -220,13 +229,32 @@ class MaskedDiffusionObjective(Objective):
         first = step * cfg.batch_size + rank * local_bs
         items = [self.encoder.encode_example(self.dataset[self.stream.index(g)]) for g in range(first, first + local_bs)]
         batch = self.encoder.collate(items).to(device)
+        if not self.uses_noise:
+            return SFTBatch(batch, None, None)
         gen = torch.Generator().manual_seed(seed_of("noise", cfg.seed, step))
         t, u = draw_noise(cfg.batch_size, cfg.response_length, gen)
         rows = slice(rank * local_bs, (rank + 1) * local_bs)
         return SFTBatch(batch, t[rows], u[rows])
 
+    def check_model(self, model) -> None:
+        """Refuse a model this objective cannot train (a ConfigError naming the model and what to use)."""
+        if getattr(model, "causal", False):
+            raise ConfigError(f"--model {self.cfg.model!r} is a causal ({model.family}) model; masked-diffusion SFT "
+                              f"trains bidirectional ones (llada-*, dream-*): pass --objective causal to train it")
+        if self.mask_id is None:
+            raise ConfigError(f"model {self.cfg.model!r} has no mask_token_id in its config.json")
+
+    def generation_defaults(self, model) -> GenerationConfig:
+        """The decoding defaults written into the trained model's folder (``generation_config.json``)."""
+        return GenerationConfig.for_trained_model(self.cfg.response_length, model.config.eos_token_id,
+                                                  model.config.pad_token_id, base=model.generation_config)
+
+    def example_loss(self, net, batch: Batch, t: torch.Tensor | None, u: torch.Tensor | None):
+        """The loss (a :class:`~d3llm.training.loss.LossOutput`) of ``batch`` with noise rows ``t``, ``u``."""
+        return masked_diffusion_loss(net, batch, self.mask_id, t, u, self.cfg.eps)
+
     def loss(self, net, batch: SFTBatch) -> StepLoss:
-        out = masked_diffusion_loss(net, batch.batch, self.mask_id, batch.t, batch.u, self.cfg.eps)
+        out = self.example_loss(net, batch.batch, batch.t, batch.u)
         return StepLoss(out.loss, batch.batch.num_tokens())
 
     def epoch(self, examples: int) -> float:

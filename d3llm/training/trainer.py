@@ -1,8 +1,8 @@
 """The training loop of ``d3llm train`` and ``d3llm distill``: one loop, pluggable objectives.
 
 The loop (this module) owns what every objective shares; an :class:`~d3llm.training.objective.Objective` owns the
-model, the data, the batch of a step and the loss (masked-diffusion SFT: :mod:`d3llm.training.sft`; pseudo-trajectory
-distillation: :mod:`d3llm.distill.objective`).
+model, the data, the batch of a step and the loss (masked-diffusion SFT: :mod:`d3llm.training.sft`; next-token SFT
+of a causal model: :mod:`d3llm.training.causal`; pseudo-trajectory distillation: :mod:`d3llm.distill.objective`).
 
 Optimisation: AdamW (no weight decay on norms and other 1-d parameters) over the parameters that require gradients,
 linear warm-up then cosine decay to ``min_lr_ratio * lr``, gradient clipping. Every ``save_every`` steps an atomic,
@@ -27,6 +27,7 @@ from d3llm.errors import ConfigError
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
 from d3llm.training.config import LoopConfig, TrainConfig
+from d3llm.training.causal import CausalLMObjective
 from d3llm.training.objective import Objective
 from d3llm.training.sft import DataStream, MaskedDiffusionObjective
 
@@ -91,9 +92,11 @@ class Progress:
 # ------------------------------------------------------------------------------------------------------------------
 
 def train(cfg: LoopConfig, objective: Objective | None = None) -> Path:
-    """Run training as configured; returns the output model folder (on every rank). ``objective`` defaults to
-    masked-diffusion SFT of ``cfg`` (a :class:`TrainConfig`)."""
-    objective = objective if objective is not None else MaskedDiffusionObjective(cfg)
+    """Run training as configured; returns the output model folder (on every rank). ``objective`` defaults to the
+    SFT objective ``cfg.objective`` names (a :class:`TrainConfig`: masked-diffusion, or causal next-token)."""
+    if objective is None:
+        cfg.validate()
+        objective = (CausalLMObjective if cfg.objective == "causal" else MaskedDiffusionObjective)(cfg)
     objective.validate()
     info = distm.setup(cfg.device)
     try:

@@ -98,10 +98,14 @@ class DecodingMethod:
 
     ``params`` are the parameters shared by every row (those not in ``Params.per_row``); the per-row ones come with
     each row in :meth:`init_state`. A method never loops over rows on the hot path: its state is arrays over rows.
+
+    ``causal``: the method decodes causal (autoregressive) models; diffusion methods (False) need a bidirectional
+    one. ``d3llm.generate`` refuses a model of the other kind.
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[Params]]
+    causal: ClassVar[bool] = False
 
     def __init__(self, params: Params, *, family: str, mask_id: int) -> None:
         self.params = params

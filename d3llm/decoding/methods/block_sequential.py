@@ -182,9 +182,12 @@ class BlockSequential(DecodingMethod):
     def commit(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
         p = self.params
         pos, width = plan.score_pos, plan.score_width
-        cand = np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id
-        if len(width) > 1:
-            cand &= np.arange(pos.shape[1]) < width[:, None]
+        if len(width) == 1 and width[0] == pos.shape[1]:  # one window of consecutive positions
+            lo = int(pos[0, 0])
+            cand = canvas.x[:, lo : lo + pos.shape[1]] == canvas.mask_id
+        else:
+            cand = (np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id) & (np.arange(pos.shape[1]) <
+                                                                                   width[:, None])
         if self.family == "dream":
             bs = canvas.gen_start + state.block * p.block_size
             return Commit(*self._dream_rule(state, logits, cand, width, bs - pos[:, 0]), positions=pos)

@@ -95,9 +95,10 @@ class DreamVanilla(DecodingMethod):
         p = self.params
         pos, width = plan.score_pos, plan.score_width
         n, k = pos.shape
-        cand = np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id
-        if n > 1:
-            cand &= np.arange(k) < width[:, None]
+        if n == 1 and width[0] == k:  # one window of consecutive positions
+            cand = canvas.x[:, int(pos[0, 0]) : int(pos[0, 0]) + k] == canvas.mask_id
+        else:
+            cand = (np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id) & (np.arange(k) < width[:, None])
         rows = np.arange(n)
         t, s = state.timesteps[rows, state.step], state.timesteps[rows, state.step + 1]
         ratio = np.float32(1) - s / t  # float32, as the reference's 1 - s / t

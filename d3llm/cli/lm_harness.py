@@ -1,0 +1,51 @@
+"""``d3llm lm-eval ARGS...``: lm-evaluation-harness with the ``d3llm`` model registered.
+
+lm-eval 0.4.x has no plugin hook for the models of other packages, so this command imports d3llm's model (which
+registers it as ``d3llm``) and hands every argument unchanged to lm-eval's own command line::
+
+    d3llm lm-eval --model d3llm --model_args pretrained=DIR,method=multi_block,threshold=0.5 \\
+        --tasks gsm8k_cot_zeroshot --apply_chat_template --batch_size 16
+    d3llm lm-eval --model d3llm --model_args pretrained=DIR,mc_num=128 --tasks my_mc --include_path tasks/
+
+After lm-eval's table it prints the TPF, NFE and tokens/s of the run's generate_until requests. Needs
+``pip install 'd3llm[eval]'``; see d3llm.eval.harness for the model arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from d3llm.cli.options import add_parser
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(sub, "lm-eval", "lm-evaluation-harness with the d3llm model (arguments go to lm-eval)", __doc__)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments, passed unchanged")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from d3llm.errors import ConfigError
+
+    try:
+        import lm_eval.models  # noqa: F401  (lm-eval's own models stay available next to ours)
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError:
+        raise ConfigError("lm-evaluation-harness is not installed: pip install 'd3llm[eval]'") from None
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    argv = list(args.lm_eval_args)
+    saved = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
+    for lm in D3LLMHarnessModel.instances:
+        s = lm.stats
+        if s["requests"]:
+            print(f"d3llm ({lm.method}, {lm.pretrained}): generate_until requests {s['requests']}, tokens {s['tokens']}, "
+                  f"NFE {s['nfe']}, TPF {s['tpf']:.2f}, {s['tokens_per_s']:.1f} tokens/s "
+                  f"(decoding wall time {s['wall_s']:.2f} s, warm-up excluded)")
+    return 0

@@ -1,0 +1,154 @@
+"""The lm-evaluation-harness model: `d3llm lm-eval` on local YAML tasks with the shipped teacher."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from d3llm.cli.main import main
+from d3llm.tasks.data import load_dataset
+
+# multi_block at a loose entropy threshold, so that the teacher makes some mistakes worth comparing
+DECODER = dict(method="multi_block", threshold=4.0, cache_delay_iter=1)
+PROBLEMS = 16
+
+GEN_TASK = """\
+task: arith_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["<|eot_id|>"]
+filter_list:
+  - name: strict-match
+    filter:
+      - function: regex
+        regex_pattern: "#### (\\\\-?[0-9\\\\.\\\\,]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+MC_TASK = """\
+task: arith_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+"""
+
+
+def _lm_eval(args, out):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               HF_DATASETS_CACHE=str(out / "hf-cache"))
+    proc = subprocess.run([sys.executable, "-m", "d3llm.cli.main", "lm-eval", *args, "--output_path", str(out),
+                           "--log_samples"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(Path(glob.glob(str(out / "*" / "results_*.json"))[0]).read_text())
+    samples = [json.loads(line) for line in open(glob.glob(str(out / "*" / "samples_*.jsonl"))[0])]
+    return proc, results, samples
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm_eval_tasks")
+    test = load_dataset("arith:test")
+    rows = [{"question": test[i].question, "answer": test[i].answer, "target": test[i].gold} for i in range(PROBLEMS)]
+    (folder / "arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "arith_gen.yaml").write_text(GEN_TASK.format(data=folder / "arith.jsonl"))
+    with open(folder / "arith_mc.jsonl", "w") as fh:
+        for r in rows[:5]:
+            gold = int(r["target"])
+            stem = r["answer"].rsplit("#### ", 1)[0]
+            wrong = [gold + 11 if gold <= 88 else gold - 11, gold + 1 if gold < 99 else gold - 1]
+            fh.write(json.dumps({"question": r["question"], "label": 0,
+                                 "choices": [stem + f"#### {v}" for v in (gold, *wrong)]}) + "\n")
+    (folder / "arith_mc.yaml").write_text(MC_TASK.format(data=folder / "arith_mc.jsonl"))
+    return folder
+
+
+def test_generate_until_matches_d3llm_eval(tasks, tmp_path, capsys):
+    model_args = ",".join(f"{k}={v}" for k, v in DECODER.items())
+    proc, results, samples = _lm_eval(["--model", "d3llm", "--model_args", model_args, "--tasks", "arith_gen",
+                                       "--include_path", str(tasks), "--apply_chat_template", "--batch_size", "5",
+                                       "--device", "cpu"], tmp_path / "gen")
+    lm_exact = results["results"]["arith_gen"]["exact_match,strict-match"]
+
+    # d3llm eval on the same problems, same decoder settings (the rest from the folder's generation_config.json)
+    flags = ["--method", "multi_block", "--threshold", "4.0", "--cache-delay-iter", "1"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--task", str(tasks / "arith.jsonl"), *flags, "--json", "--out", str(out)]) == 0
+    ours = json.loads(out.read_text())
+    assert ours["n"] == PROBLEMS == len(samples)
+    assert 100.0 * lm_exact == pytest.approx(ours["strict"])
+    assert 0 < ours["strict"] < 100, "pick a setting where the teacher makes some mistakes"
+    # the same text for every problem: lm-eval's prompt (chat template on request) is the one d3llm eval builds
+    texts = {int(s["doc_id"]): s["resps"][0][0] for s in samples}
+    assert [texts[i] for i in range(PROBLEMS)] == [r["prediction"] for r in ours["records"]]
+    # TPF and NFE of the run are printed next to lm-eval's table
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("d3llm (multi_block"))
+    assert f"generate_until requests {PROBLEMS}" in line and "TPF" in line
+    assert f"NFE {ours['nfe']}" in line  # same forwards; tokens differ by the cut end-of-turn marker
+
+
+def test_loglikelihood_prefers_the_right_answer(tasks, tmp_path):
+    proc, results, samples = _lm_eval(["--model", "d3llm", "--model_args", "mc_num=64,mc_batch_size=32",
+                                       "--tasks", "arith_mc", "--include_path", str(tasks), "--apply_chat_template",
+                                       "--device", "cpu"], tmp_path / "mc")
+    assert results["results"]["arith_mc"]["acc,none"] == 1.0
+    for s in samples:  # a clear margin: the teacher is sure of these sums
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        assert lls[0] > max(lls[1:]) + 3.0, lls
+
+
+def test_monte_carlo_estimate_is_exact_for_one_token_and_repeats():
+    from d3llm.assets import default_model_path
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    lm = D3LLMHarnessModel(pretrained=str(default_model_path()), mc_num=8, mc_batch_size=4)
+    context = lm.tok_encode("Mia has 58 cards. How many cards does Mia have now?")
+    target = lm.tok_encode(" 5")
+    assert len(target) == 1
+    # one target token: every sample masks it, so the estimate is its exact log-probability given the context
+    x = torch.tensor([context + [lm.model.config.mask_token_id]])
+    with torch.inference_mode():
+        exact = torch.log_softmax(lm.model(x).logits[0, -1].float(), -1)[target[0]].item()
+    assert lm.monte_carlo_loglikelihood(context, target) == pytest.approx(exact, abs=1e-5)
+    longer = lm.tok_encode(" Now 58 - 44 = 14.")
+    first = lm.monte_carlo_loglikelihood(context, longer)
+    assert lm.monte_carlo_loglikelihood(context, longer) == first  # seeded by the context: reruns agree
+    assert first < 0
+    with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
+        lm.loglikelihood_rolling([])
+
+
+def test_bad_model_args_are_clear():
+    from d3llm.errors import ConfigError
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    with pytest.raises(ConfigError, match="mc_num=100 must be a multiple of mc_batch_size=32"):
+        D3LLMHarnessModel(mc_num=100)
+    with pytest.raises(ConfigError, match="model_args: unknown parameter 'treshold'"):
+        D3LLMHarnessModel(treshold=0.5)
+    with pytest.raises(ConfigError, match="batch_size='x'"):
+        D3LLMHarnessModel(batch_size="x")
