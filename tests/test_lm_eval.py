@@ -111,6 +111,30 @@ def test_generate_until_matches_d3llm_eval(tasks, tmp_path, capsys):
     assert f"NFE {ours['nfe']}" in line  # same forwards; tokens differ by the cut end-of-turn marker
 
 
+def test_stop_strings_cancel_rows_as_soon_as_their_committed_text_holds_one():
+    """A stop string ends the row in the decoder (it is cancelled, spending no more forwards), and its text is the
+    full decode's text cut at the stop string."""
+    from types import SimpleNamespace
+
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    test = load_dataset("arith:test")
+    questions = [test[i].question for i in range(5)]
+
+    def run(until):
+        lm = D3LLMHarnessModel(batch_size=2, threshold=0.5)
+        contexts = [lm.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+        texts = lm.generate_until([SimpleNamespace(args=(c, {"until": until})) for c in contexts],
+                                  disable_tqdm=True)
+        return texts, lm.stats["nfe"]
+
+    full, nfe_full = run(["<|eot_id|>"])
+    cut, nfe_cut = run(["\n"])
+    assert all("\n" in text for text in full)  # every answer has several lines: the stop string fires
+    assert cut == [text.split("\n")[0] for text in full]
+    assert nfe_cut < nfe_full
+
+
 def test_loglikelihood_prefers_the_right_answer(tasks, tmp_path):
     proc, results, samples = _lm_eval(["--model", "d3llm", "--model_args", "mc_num=64,mc_batch_size=32",
                                        "--tasks", "arith_mc", "--include_path", str(tasks), "--apply_chat_template",

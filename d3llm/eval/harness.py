@@ -19,10 +19,13 @@ the arguments unchanged) or from Python::
 ``cache``, ...), and for log-likelihoods ``mc_num`` (128), ``mc_batch_size`` (32), ``seed`` (1234),
 ``check_greedy`` (true).
 
-* ``generate_until``: requests are decoded in batches of ``batch_size`` with the given decoder. The task's stop
-  strings (``until``) cut the decoded text (special tokens kept, as LLaDA's adapter does), then special tokens are
-  removed. The decoder does not stop at a stop string yet (a row ends at end-of-text, or earlier with
-  ``early_stop``); that needs a step-wise engine a client can cancel rows of. Decoder settings are the model arguments, then the model folder's ``generation_config.json`` (as for
+* ``generate_until``: the requests of one generation setting are requests of one :class:`d3llm.Engine` with at
+  most ``batch_size`` rows decoding at a time (a row that finishes makes room for the next). The task's stop
+  strings (``until``) are checked on each row's committed text as it grows (special tokens kept, as LLaDA's
+  adapter does): a row whose text holds one is cancelled at once, so it spends no more forwards, and its text is
+  cut before the stop string, then special tokens are removed. Committed text never changes, so the answer is the
+  one a full decode would give, cut at the same place. Decoder settings are the model arguments, then the model
+  folder's ``generation_config.json`` (as for
   ``d3llm.generate``); a task's ``max_gen_toks`` is not used (a diffusion model decodes a fixed canvas, and LLaDA's
   adapter ignores it too), a task's sampling temperature (``do_sample``) applies unless ``temperature`` is a model
   argument. A warm-up
@@ -152,6 +155,29 @@ class D3LLMHarnessModel(TemplateLM):
         counted = [t for t in self.tok_encode(text) if t != self.eot_token_id]
         return self.tokenizer.decode(self.tok_encode(text), skip_special_tokens=True), len(counted)
 
+    def _stopped(self, ids: list[int], until: list[str]) -> bool:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return any(stop and stop in text for stop in until)
+
+    def _decode(self, prompts: list[list[int]], params: dict, until: list[str], done) -> float:
+        """Decode ``prompts`` on one engine, cancelling a row once its committed text holds a stop string;
+        ``done(i, committed ids, nfe)`` is called as each row leaves. Returns the wall time."""
+        t0 = time.perf_counter()
+        engine = d3llm.Engine(self.model, self.method, max_batch=self.batch_size, **params)
+        for i, prompt in enumerate(prompts):
+            engine.add_request(prompt, request_id=i, seed=self.seed)
+        taken: dict[int, list[int]] = defaultdict(list)
+        while engine.has_work:
+            for event in engine.step():
+                ids = taken[event.request_id]
+                if event.new_tokens:
+                    ids.extend(event.new_tokens)
+                    if not event.finished and until and self._stopped(ids, until):
+                        engine.cancel(event.request_id)  # it leaves at the next step, with its committed prefix
+                if event.finished:
+                    done(event.request_id, ids, event.output.nfe)
+        return time.perf_counter() - t0
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not requests:
             return []
@@ -166,19 +192,18 @@ class D3LLMHarnessModel(TemplateLM):
             if not self._warm:
                 d3llm.generate(self.model, prompts[: self.batch_size], self.method, seed=self.seed, **params)
                 self._warm = True
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                result = d3llm.generate(self.model, prompts[start : start + self.batch_size], self.method,
-                                        seed=self.seed, **params)
-                for i, ids, nfe in zip(chunk, result.tokens, result.nfe.tolist()):
-                    text, counted = self._cut(ids, until)
-                    out[i] = text
-                    self.stats["tokens"] += counted
-                    self.stats["nfe"] += nfe
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                self.stats["requests"] += len(chunk)
-                self.stats["wall_s"] += result.wall_time
-                bar.advance(len(chunk), self.stats)
+
+            def done(j: int, ids: list[int], nfe: int) -> None:
+                i = indices[j]
+                text, counted = self._cut(ids, until)
+                out[i] = text
+                self.stats["tokens"] += counted
+                self.stats["nfe"] += nfe
+                self.stats["requests"] += 1
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.advance(1, self.stats)
+
+            self.stats["wall_s"] += self._decode(prompts, params, until, done)
         bar.close()
         s = self.stats
         s["tpf"] = s["tokens"] / s["nfe"] if s["nfe"] else 0.0
