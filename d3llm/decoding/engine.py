@@ -52,6 +52,25 @@ Each step::
 
 The canvas lives on the host; the device sees the slices each forward needs and returns logits only at the
 positions the method scores.
+
+**Packed forwards** (:mod:`d3llm.models.packed`). Rows drift apart: one forwards its prompt and whole canvas,
+another one block against its cache, a third everything after its cached prefix. A step therefore forwards each
+row's own slice only: the slices are concatenated into one token axis, the linear layers and the MLP run once over
+all packed tokens, attention runs per row against that row's own cache row (consecutive rows of one shape share a
+call, on views), and the LM head runs only at the scored positions. Nothing is padded except to the 4-row minimum
+where CPU GEMMs round differently, so a row's logits are bit-identical whatever the batch. Measured against the
+alternatives on the same recorded steps of a 32-request staggered run (``benchmarks/packed_forward.py``, shipped
+teacher, 1 CPU thread, seconds of forward time): ``multi_block`` with cache delay 1: packed 1.43, one forward over
+the union of the slices 2.32, padded per-row slices 2.30, one forward per row 1.62; ``fast_dllm`` dual cache:
+2.44 / 9.84 / 9.22 / 3.69; prefix cache: 4.05 / 10.24 / 9.88 / 5.30. On a CPU a step's packed forward is split
+into groups of consecutive rows of at most ``max_forward_tokens`` tokens (1024: per-token cost rises beyond).
+
+What batching can gain is bounded by the hardware: ``benchmarks/decode.py`` measures, per setting, the slice a row
+forwards per step at batch 1 and how much faster per token a plain ``[b, slice]`` forward is than ``[1, slice]``.
+On one CPU thread a slice of ~130 tokens (cached ``multi_block``: the active blocks plus the masked rest of the
+canvas, which bidirectional attention needs) already runs near the matmuls' best per-token speed, so batching
+gains at most ~1.2x there; short slices (``fast_dllm`` dual cache: one block) gain more. A GPU, idle at batch 1,
+is where it pays.
 """
 
 from __future__ import annotations
