@@ -159,10 +159,9 @@ class D3LLMHarnessModel(TemplateLM):
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         return any(stop and stop in text for stop in until)
 
-    def _decode(self, prompts: list[list[int]], params: dict, until: list[str], done) -> float:
-        """Decode ``prompts`` on one engine, cancelling a row once its committed text holds a stop string;
-        ``done(i, committed ids, nfe)`` is called as each row leaves. Returns the wall time."""
-        t0 = time.perf_counter()
+    def _decode(self, prompts: list[list[int]], params: dict, until: list[str]):
+        """Decode ``prompts`` on one engine, cancelling a row once its committed text holds a stop string; yields
+        ``(index, committed ids, nfe)`` as each row leaves."""
         engine = d3llm.Engine(self.model, self.method, max_batch=self.batch_size, **params)
         for i, prompt in enumerate(prompts):
             engine.add_request(prompt, request_id=i, seed=self.seed)
@@ -172,11 +171,10 @@ class D3LLMHarnessModel(TemplateLM):
                 ids = taken[event.request_id]
                 if event.new_tokens:
                     ids.extend(event.new_tokens)
-                    if not event.finished and until and self._stopped(ids, until):
+                    if not event.finished and self._stopped(ids, until):
                         engine.cancel(event.request_id)  # it leaves at the next step, with its committed prefix
                 if event.finished:
-                    done(event.request_id, ids, event.output.nfe)
-        return time.perf_counter() - t0
+                    yield event.request_id, ids, event.output.nfe
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not requests:
@@ -193,7 +191,8 @@ class D3LLMHarnessModel(TemplateLM):
                 d3llm.generate(self.model, prompts[: self.batch_size], self.method, seed=self.seed, **params)
                 self._warm = True
 
-            def done(j: int, ids: list[int], nfe: int) -> None:
+            t0 = time.perf_counter()
+            for j, ids, nfe in self._decode(prompts, params, until):
                 i = indices[j]
                 text, counted = self._cut(ids, until)
                 out[i] = text
@@ -202,8 +201,7 @@ class D3LLMHarnessModel(TemplateLM):
                 self.stats["requests"] += 1
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 bar.advance(1, self.stats)
-
-            self.stats["wall_s"] += self._decode(prompts, params, until, done)
+            self.stats["wall_s"] += time.perf_counter() - t0
         bar.close()
         s = self.stats
         s["tpf"] = s["tokens"] / s["nfe"] if s["nfe"] else 0.0
