@@ -6,7 +6,8 @@ size of ``--batches`` (the same requests in batches), and a *staggered* scenario
 ``d3llm.Engine`` one every ``--stagger-every`` steps while the earlier ones run (a server's continuous batching,
 arrivals counted in engine steps). Each row reports NFE, TPF (generated tokens before EOS per forward), tokens/s,
 its ratio to batch 1 measured in the same run, wall and model time and the loop's share ``(wall - model) / wall``,
-and the setting's *ceiling*: the mean slice a row forwards per step at batch 1, and what batching gains at most on
+the *forward gain* (generated tokens per second of model time over batch 1's: what batching gave the forwards
+themselves, before the loop's share), and the setting's *ceiling*: the mean slice a row forwards per step at batch 1, and what batching gains at most on
 this hardware for slices of that length (tokens/s of one plain ``[b, slice]`` forward over ``[1, slice]``; on a CPU
 a forward of ~100 tokens already runs near the matmul's best per-token speed, so batching can gain little there).
 Prints a table (``--markdown`` adds one for the README) and writes JSON stamped with the hardware and software
@@ -154,11 +155,19 @@ def dense_ceiling(model, length: int, batches: list[int], repeats: int = 5) -> d
     return {str(b): rate[b] / rate[batches[0]] for b in batches}
 
 
+def forward_gain(row: dict, alone: dict) -> float:
+    """How much faster per token the model forwards ran in ``row`` than at batch 1 (``alone``), measured in the same
+    run: what batching gave the forward itself, before the loop's share is counted."""
+    return (row["tokens"] / row["model_s"]) / (alone["tokens"] / alone["model_s"])
+
+
 def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
     """The README table: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
     head = ["setting", "TPF"] + [f"batch {b}" for b in batches]
     if isinstance(rows[-1]["batch"], str):
         head.append(rows[-1]["batch"].replace("/", " every "))
+    later = [f"batch {b}" for b in batches[1:]] + (["staggered"] if isinstance(rows[-1]["batch"], str) else [])
+    head.append("forward gain (" + ", ".join(later) + ")")
     ceiling = "dense_ceiling" in rows[0]
     if ceiling:
         head.append("ceiling (" + ", ".join(f"batch {b}" for b in batches[1:]) + ")")
@@ -170,6 +179,7 @@ def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
         for r in mine:
             ratio = "" if r is mine[0] else f" ({r['tokens_per_s'] / base:.2f}x)"
             cells.append(f"{r['tokens_per_s']:,.0f}{ratio}")
+        cells.append(", ".join(f"{forward_gain(r, mine[0]):.2f}x" for r in mine[1:]))
         if ceiling:
             cells.append(", ".join(f"{r['dense_ceiling']:.2f}x" for r in mine[1:] if "dense_ceiling" in r))
         lines.append("| " + " | ".join(cells) + " |")
@@ -231,7 +241,8 @@ def main(argv=None) -> int:
                   + ", ".join(f"{v:.2f}x at batch {b}" for b, v in ceiling.items() if b != str(batches[0])),
                   flush=True)
         for row in mine:
-            row.update(setting=name, method=method, ratio_to_batch_1=row["tokens_per_s"] / mine[0]["tokens_per_s"])
+            row.update(setting=name, method=method, ratio_to_batch_1=row["tokens_per_s"] / mine[0]["tokens_per_s"],
+                       forward_gain=forward_gain(row, mine[0]))
             if ceiling and isinstance(row["batch"], int):
                 row["dense_ceiling"] = ceiling[str(row["batch"])]
             rows.append(row)

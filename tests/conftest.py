@@ -1,6 +1,6 @@
 import os
 
-# Tiny models run fastest on one thread, and one thread per process keeps the suite (which also starts torchrun
+# One thread per process keeps the suite (which also starts torchrun
 # workers) from oversubscribing small CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -138,7 +138,7 @@ def test_threads_flag_and_the_small_model_default(capsys):
         assert torch.get_num_threads() == 2
         torch.set_num_threads(3)
         assert main(["generate", "--json", "1 2"]) == 0
-        assert torch.get_num_threads() == 1  # the teacher is tiny: one thread is fastest
+        assert torch.get_num_threads() == 1  # the teacher is tiny: one thread by default
         assert main(["generate", "--threads", "0", "1 2"]) == 2
         assert "--threads must be a positive number of threads, got 0" in capsys.readouterr().err
     finally:

@@ -76,8 +76,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_threads_flag(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads (default: 1 for models under 50M parameters, which run fastest on "
-                             "one thread, else torch's default, one per core)")
+                        help="torch CPU threads (default: 1 for models under 50M parameters, which gain little from "
+                             "more threads on an idle machine and slow down many times over when another job holds "
+                             "a core; else torch's default, one per core)")
 
 
 SMALL_MODEL = 50_000_000
