@@ -140,6 +140,12 @@ def mean_slice(model, prompts, method, params, n: int = 8) -> float:
     return positions / steps
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer must not stop before the kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def dense_ceiling(model, length: int, batches: list[int], repeats: int = 3, rounds: int = 3) -> dict:
     """What batching can gain on this hardware at most for slices of ``length`` tokens: tokens/s of one plain
     forward of ``[b, length]`` tokens over that of ``[1, length]`` (same weights, no cache, no decoder), by batch.
@@ -153,9 +159,11 @@ def dense_ceiling(model, length: int, batches: list[int], repeats: int = 3, roun
             model(inputs[b])
         for _ in range(rounds):
             for b in batches:
+                _sync(model.device)
                 t0 = time.perf_counter()
                 for _ in range(repeats):
                     model(inputs[b])
+                _sync(model.device)
                 best[b] = min(best[b], (time.perf_counter() - t0) / repeats)
     rate = {b: b / best[b] for b in batches}
     return {str(b): rate[b] / rate[batches[0]] for b in batches}

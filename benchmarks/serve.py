@@ -128,7 +128,7 @@ def engine_alone(folder: str, server_args: list[str], prompts: list[list[int]], 
 
     args = build_parser().parse_args(["serve", *server_args])
     torch.set_num_threads(threads)
-    model = d3llm.load_model(folder)
+    model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)  # where and as the server runs it
     out = []
     for n in [clients[0], *clients]:  # the first run warms up
         engine = d3llm.Engine(model, args.method, max_batch=args.max_batch, **decoder_params(args))
