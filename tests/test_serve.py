@@ -519,7 +519,9 @@ def test_health_is_503_after_the_engine_died(teacher):
 
 
 def test_bad_launch_settings_are_one_line_errors():
-    for args, words in ((["--threshold", "-1"], "threshold"), (["--max-batch", "0"], "--max-batch")):
+    for args, words in ((["--threshold", "-1"], "threshold"), (["--max-batch", "0"], "--max-batch"),
+                        (["--max-queue", "-1"], "--max-queue must be 0 or more"),
+                        (["--port", "99999"], "--port must be a port number from 0 to 65535")):
         done = subprocess.run([sys.executable, "-m", "d3llm.cli.main", "serve", "--port", "0", *args],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr

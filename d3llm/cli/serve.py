@@ -94,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"d3llm serve needs the serve extra ({exc.name} is missing): pip install 'd3llm[serve]'")
     import d3llm
 
-    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
-                        ("--max-body-bytes", args.max_body_bytes)):
-        if value < (1 if flag != "--max-queue" else 0):
-            raise ConfigError(f"{flag} must be a positive number, got {value}")
+    for flag, value, low, high, what in (("--max-batch", args.max_batch, 1, None, "a positive number"),
+                                         ("--max-queue", args.max_queue, 0, None, "0 or more"),
+                                         ("--max-body-bytes", args.max_body_bytes, 1, None, "a positive number"),
+                                         ("--port", args.port, 0, 65535, "a port number from 0 to 65535 (0 picks "
+                                                                         "a free one)")):
+        if value < low or (high is not None and value > high):
+            raise ConfigError(f"{flag} must be {what}, got {value}")
     folder = model_folder(args)
     api_key = args.api_key if args.api_key is not None else os.environ.get("D3LLM_API_KEY") or None
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
