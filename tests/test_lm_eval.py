@@ -176,3 +176,14 @@ def test_bad_model_args_are_clear():
         D3LLMHarnessModel(treshold=0.5)
     with pytest.raises(ConfigError, match="batch_size='x'"):
         D3LLMHarnessModel(batch_size="x")
+
+
+def test_an_unknown_task_is_a_one_line_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "d3llm.cli.main", "lm-eval", "--model", "d3llm", "--tasks",
+                           "no_such_task", "--limit", "1"], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("d3llm lm-eval: error:")]
+    assert len(error) == 1 and "no_such_task" in error[0] and "ls tasks" in error[0], proc.stderr[-3000:]

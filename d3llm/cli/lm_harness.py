@@ -40,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     sys.argv = ["lm-eval", *argv]
     try:
         cli_evaluate()
+    except ValueError as exc:
+        if "not found" not in str(exc):
+            raise
+        # lm-eval's own answer to a task name it does not know, as a one-line error instead of its traceback
+        raise ConfigError(f"lm-eval: {exc}; `d3llm lm-eval ls tasks` lists the tasks lm-eval knows (add "
+                          f"--include_path DIR for local YAML tasks)") from None
     finally:
         sys.argv = saved
     for lm in D3LLMHarnessModel.instances:
