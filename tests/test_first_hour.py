@@ -226,6 +226,12 @@ def test_info_defaults_to_the_teacher_and_shows_its_decoding(capsys):
     assert info["folder"] == str(TEACHER) and info["generation_config"]["method"] == "multi_block"
     assert main(["info"]) == 0
     assert "decoding defaults" in capsys.readouterr().out
+    from d3llm.assets import ar_model_path
+
+    assert main(["info", "--json", "--model", str(ar_model_path())]) == 0  # --model, as every command takes it
+    assert json.loads(capsys.readouterr().out)["family"] == "llama"
+    assert main(["info", str(TEACHER), "--model", str(ar_model_path())]) == 2
+    assert "two model folders given" in capsys.readouterr().err
 
 
 def test_dash_reads_the_prompt_from_stdin():

@@ -1,5 +1,5 @@
-"""d3llm info [DIR]: what a model folder holds (family, sizes, special ids, weight files, decoding defaults),
-without loading its weights. Without DIR: the shipped arith teacher."""
+"""d3llm info [DIR | --model DIR]: what a model folder holds (family, sizes, special ids, weight files, decoding
+defaults), without loading its weights. Without DIR: the shipped arith teacher."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "info", "describe a model folder", __doc__)
     p.add_argument("model", nargs="?", default=None, metavar="DIR",
                    help="model folder: config.json + safetensors (default: the shipped arith teacher)")
+    p.add_argument("--model", dest="model_flag", default=None, metavar="DIR",
+                   help="the same folder as a flag, as every other command takes it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -23,6 +25,12 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.models.checkpoint import expected_tensors, load_config, weight_files
     from d3llm.models.generation_config import GenerationConfig
 
+    from d3llm.errors import ConfigError
+
+    if args.model_flag is not None:
+        if args.model is not None and args.model != args.model_flag:
+            raise ConfigError(f"two model folders given: {args.model!r} and --model {args.model_flag!r}; give one")
+        args.model = args.model_flag
     folder = model_folder(args)
     config = load_config(folder)
     fmt, files = weight_files(Path(folder))
