@@ -18,7 +18,7 @@ from d3llm.cli.options import (add_decoder_flags, add_model_flags, add_parser, a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_parser(sub, "generate", "generate text with a diffusion LM", __doc__)
+    p = add_parser(sub, "generate", "generate text with a diffusion LM (or the AR baseline)", __doc__)
     p.add_argument("prompts", nargs="+", help="one or more prompts; '-' reads one from standard input")
     p.add_argument("--chat", action="store_true", help="wrap each prompt in the model's chat template")
     p.add_argument("--show-steps", action="store_true", help="draw the canvas filling in at every step")
