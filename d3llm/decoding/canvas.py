@@ -79,6 +79,11 @@ class Canvas(RowTable):
         p_max = int(self.prompt_lengths.max())
         return (self.x[:, :p_max] == self.mask_id) & (np.arange(p_max) < self.prompt_lengths[:, None])
 
+    def first_candidates(self) -> np.ndarray:
+        """``[n]`` the first position a decoder may fill: 0 when the row's prompt holds masks (the reference fills
+        them too), else the start of its generation region."""
+        return np.where(self.prompt_masks().any(axis=1), 0, self.gen_start)
+
     def concat(self, other: "Canvas") -> "Canvas":
         """These rows, then ``other``'s; the token array is widened (with the filler) to the wider of the two."""
         p = np.concatenate([self.prompt_lengths, other.prompt_lengths])

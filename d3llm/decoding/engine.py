@@ -192,14 +192,13 @@ class _Rows(RowTable):
     """The engine's own per-row bookkeeping."""
 
     row_fields = {"requests": None, "slots": 0, "nfe": 0, "commit_step": -1, "prefix": 0, "stopped": False,
-                  "eos": -1, "cancelled": False}
+                  "cancelled": False}
     requests: list  # [n] _Request
     slots: np.ndarray  # [n] the row of the engine's KV cache each request holds
     nfe: np.ndarray  # [n]
     commit_step: np.ndarray  # [n, max N]
     prefix: np.ndarray  # [n] committed prefix already reported
     stopped: np.ndarray  # [n] an end-of-text was reported: nothing more to stream
-    eos: np.ndarray  # [n] end-of-text id (-1: none)
     cancelled: np.ndarray  # [n]
 
 
@@ -368,12 +367,13 @@ class Engine:
         logits = self._forward(plan)
         commit = self.method.commit(canvas, state, logits, plan)
         commit.apply(canvas.x)
-        masked = canvas.gen() == self.mask_id
+        gen = canvas.gen()
+        masked = gen == self.mask_id
         self._record(masked)
         steps = rows.nfe.tolist()
         rows.nfe += 1
         self.last_commit = commit
-        self._progress(events, steps, commit, masked)
+        self._progress(events, steps, commit, gen, masked)
         self.method.update(canvas, state, commit)
         return events
 
@@ -405,9 +405,7 @@ class Engine:
         rows = _Rows(requests=joining, slots=self._take_slots(n, int(canvas.lengths.max())),
                      nfe=np.zeros(n, dtype=np.int64),
                      commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64), prefix=np.zeros(n, dtype=np.int64),
-                     stopped=np.zeros(n, dtype=bool),
-                     eos=np.array([-1 if r.eos_id is None else r.eos_id for r in joining], dtype=np.int64),
-                     cancelled=np.zeros(n, dtype=bool))
+                     stopped=np.zeros(n, dtype=bool), cancelled=np.zeros(n, dtype=bool))
         if self.canvas is None:
             self.canvas, self.state, self.rows = canvas, state, rows
         else:
@@ -530,18 +528,19 @@ class Engine:
             return []
         new = gen_row[rows.prefix[i] : prefix].tolist()
         rows.prefix[i] = prefix
-        eos = int(rows.eos[i])
-        if eos >= 0 and eos in new:
+        eos = rows.requests[i].eos_id
+        if eos is not None and eos in new:
             rows.stopped[i] = True
             return new[: new.index(eos)]
         return new
 
-    def _progress(self, events: list[RowEvent], steps: list[int], commit: Commit, masked: np.ndarray) -> None:
-        """One event per row that decoded in this step."""
+    def _progress(self, events: list[RowEvent], steps: list[int], commit: Commit, gen: np.ndarray,
+                  masked: np.ndarray) -> None:
+        """One event per row that decoded in this step (``gen``: the generation regions after it, ``masked``: their
+        masks)."""
         canvas, rows = self.canvas, self.rows
         first = masked.argmax(axis=1)
         prefix = np.where(masked[np.arange(len(first)), first], first, canvas.gen_lengths).tolist()
-        gen = canvas.gen()
         starts = canvas.gen_start.tolist()
         for i, req in enumerate(rows.requests):
             events.append(RowEvent(req.request_id, steps[i], prefix[i], self._stream(i, gen[i], prefix[i]),

@@ -85,11 +85,6 @@ def multinomial_sample(logits: torch.Tensor, temperature: float, generator: torc
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
 
-def random_scores(shape, device, generator: torch.Generator | None) -> torch.Tensor:
-    """``remasking='random'``: Uniform(0, 1) draws replace confidences or entropies."""
-    return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
-
-
 # -- per-row randomness ---------------------------------------------------------------------------------------------
 # A row's draws come from its own generator over its own entries (the first ``widths[i]`` of its row), in the order
 # a batch of one would draw them, so seeded sampling repeats per row whatever the batch around it. Rows at

@@ -88,9 +88,7 @@ class LLaDALM(DiffusionLM):
         return nn.functional.linear(hidden, weight)
 
     def head_at(self, hidden: torch.Tensor, index: torch.Tensor, plan) -> torch.Tensor:
-        t = self.model.transformer
-        weight = t.wte.weight if self.config.weight_tying else t.ff_out.weight
-        return nn.functional.linear(hidden.index_select(0, index), weight)
+        return self.head(hidden.index_select(0, index), plan)  # no logit shift: position i scores token i
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "LLaDALM":

@@ -35,7 +35,6 @@ from d3llm.decoding.params import Params
 
 @dataclass
 class AutoregressiveParams(Params):
-    per_row = ("max_new_tokens", "temperature")
     max_new_tokens: int = 128
     temperature: float = 0.0
 

@@ -153,6 +153,16 @@ class DecodingMethod:
         return lo[:, None] + np.where(cols < width[:, None], cols, 0), width
 
     @staticmethod
+    def candidates(canvas: Canvas, pos: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """``[n, K]`` which entries of a :meth:`windows` table are masked positions (entries past a row's width:
+        False)."""
+        if len(width) == 1 and width[0] == pos.shape[1]:  # one window of consecutive positions
+            lo = int(pos[0, 0])
+            return canvas.x[:, lo : lo + pos.shape[1]] == canvas.mask_id
+        return (np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id) & (np.arange(pos.shape[1]) <
+                                                                               width[:, None])
+
+    @staticmethod
     def full_plan(canvas: Canvas, run: np.ndarray, score_pos: np.ndarray, score_width: np.ndarray) -> StepPlan:
         """Uncached methods: every row forwards its whole sequence."""
         n = canvas.size

@@ -154,7 +154,7 @@ class BlockSequential(DecodingMethod):
         blocks = canvas.gen_lengths // self.params.block_size
         steps_per_block = self.row_values(rows, "steps", np.int64) // blocks
         threshold = self.row_values(rows, "threshold") if hasattr(self.params, "threshold") else np.full(n, np.nan)
-        first = np.where(canvas.prompt_masks().any(axis=1), 0, canvas.gen_start)
+        first = canvas.first_candidates()
         return BlockState(block=np.zeros(n, dtype=np.int64), step=np.zeros(n, dtype=np.int64),
                           quota=self._quota(counts[:, 0], steps_per_block, int(steps_per_block.max())), inner=np.zeros(n, dtype=bool),
                           done=np.zeros(n, dtype=bool), left=counts[:, 0].copy(), blocks=blocks,
@@ -182,12 +182,7 @@ class BlockSequential(DecodingMethod):
     def commit(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
         p = self.params
         pos, width = plan.score_pos, plan.score_width
-        if len(width) == 1 and width[0] == pos.shape[1]:  # one window of consecutive positions
-            lo = int(pos[0, 0])
-            cand = canvas.x[:, lo : lo + pos.shape[1]] == canvas.mask_id
-        else:
-            cand = (np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id) & (np.arange(pos.shape[1]) <
-                                                                                   width[:, None])
+        cand = self.candidates(canvas, pos, width)
         if self.family == "dream":
             bs = canvas.gen_start + state.block * p.block_size
             return Commit(*self._dream_rule(state, logits, cand, width, bs - pos[:, 0]), positions=pos)
@@ -219,7 +214,6 @@ class BlockSequential(DecodingMethod):
     def _dream_rule(self, state: BlockState, logits: torch.Tensor, cand: np.ndarray, width: np.ndarray,
                     block_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dream's commit rules (module docstring); ``block_col`` is each row's block start in window columns."""
-        p = self.params
         if self.rule == "entropy":
             tokens = rules.sample_rows(lambda l, t, g: rules.multinomial_sample(l, t, g, exclude=self.mask_id),
                                        logits, state.temperature, width, state.generators)

@@ -83,7 +83,7 @@ class DreamVanilla(DecodingMethod):
         for i, k in enumerate(steps.tolist()):  # torch's float32 linspace, as the reference computes it
             table[i, : k + 1] = torch.linspace(1, self.params.eps, k + 1).numpy()
         return DreamVanillaState(step=np.zeros(len(rows), dtype=np.int64), steps=steps, timesteps=table,
-                                 first=np.where(canvas.prompt_masks().any(axis=1), 0, canvas.gen_start),
+                                 first=canvas.first_candidates(),
                                  temperature=self.row_values(rows, "temperature"),
                                  generators=[r.generator for r in rows])
 
@@ -95,10 +95,7 @@ class DreamVanilla(DecodingMethod):
         p = self.params
         pos, width = plan.score_pos, plan.score_width
         n, k = pos.shape
-        if n == 1 and width[0] == k:  # one window of consecutive positions
-            cand = canvas.x[:, int(pos[0, 0]) : int(pos[0, 0]) + k] == canvas.mask_id
-        else:
-            cand = (np.take_along_axis(canvas.x, pos, axis=1) == canvas.mask_id) & (np.arange(k) < width[:, None])
+        cand = self.candidates(canvas, pos, width)
         rows = np.arange(n)
         t, s = state.timesteps[rows, state.step], state.timesteps[rows, state.step + 1]
         ratio = np.float32(1) - s / t  # float32, as the reference's 1 - s / t

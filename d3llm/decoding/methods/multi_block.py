@@ -154,7 +154,7 @@ class MultiBlock(DecodingMethod):
             any_mask=np.ones(n, dtype=bool), eos_pos=np.full(n, -1, dtype=np.int64),
             eos_block_masks=np.zeros(n, dtype=np.int64), masks_before_eos=np.zeros(n, dtype=np.int64),
             canvas_masks=np.full((n, k - 1), b, dtype=np.int64), start=start, end=end, blocks=blocks,
-            first=np.where(canvas.prompt_masks().any(axis=1), 0, g), eos=eos, early_stop=p.early_stop & (eos >= 0),
+            first=canvas.first_candidates(), eos=eos, early_stop=p.early_stop & (eos >= 0),
             temperature=self.row_values(rows, "temperature"), threshold=self.row_values(rows, "threshold"),
             generators=[r.generator for r in rows],
         )
