@@ -84,6 +84,8 @@ class PackedPlan:
         opens: ``[T']`` bool device tensor: the token is the first of its row's slice or has position 0 (Dream's
             shifted logits keep the token's own output there).
         causal: queries attend only to keys at or before their position.
+        masks: with ``causal``, each group's ``[length, kv_len]`` boolean mask (built once per forward, shared by
+            the layers); else None.
     """
 
     cos: torch.Tensor
@@ -95,6 +97,13 @@ class PackedPlan:
     write_positions: torch.Tensor | None
     opens: torch.Tensor
     causal: bool = False
+    masks: list[torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.causal and self.masks is None:
+            self.masks = [torch.arange(kv_len, device=self.opens.device)[None, :]
+                          <= torch.arange(start, start + n, device=self.opens.device)[:, None]
+                          for _, _, n, kv_len, _, start in self.groups]
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: PackedPlan, layer_idx: int,
@@ -124,16 +133,13 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Pa
             vbuf[plan.write_slots, :, plan.write_positions] = v[0, :, : plan.real].transpose(0, 1)
     gqa = num_heads != num_kv_heads
     outs = []
-    for offset, count, n, kv_len, slot, start in plan.groups:
+    for j, (offset, count, n, kv_len, slot, start) in enumerate(plan.groups):
         end = offset + count * n
         if cache is not None:
             keys, values = kbuf[slot : slot + count, :, :kv_len], vbuf[slot : slot + count, :, :kv_len]
         else:
             keys, values = _rows_of(k[:, :, offset:end], count), _rows_of(v[:, :, offset:end], count)
-        mask = None
-        if plan.causal:
-            mask = torch.arange(kv_len, device=q.device)[None, :] <= torch.arange(start, start + n,
-                                                                                  device=q.device)[:, None]
+        mask = plan.masks[j] if plan.causal else None
         out = F.scaled_dot_product_attention(_rows_of(q[:, :, offset:end], count), keys, values, attn_mask=mask,
                                              enable_gqa=gqa)
         outs.append(out if count == 1 else out.transpose(0, 1).reshape(1, num_heads, count * n, head_dim))
