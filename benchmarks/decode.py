@@ -20,7 +20,6 @@ versions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 import d3llm
 from d3llm.eval.environment import environment
-from d3llm.models.checkpoint import atomic_write_text
+from d3llm.eval.environment import write_record as save_record
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
 NO_CACHE = dict(cache_delay_iter=None, refresh_interval=None)  # explicit: the folder's defaults may set a cache
@@ -51,9 +50,6 @@ def settings(gen: int, block: int, threshold: float, confidence: float) -> dict[
     }
 
 
-CACHED = ("fast_dllm+prefix", "fast_dllm+dual", "multi_block+cache(D=1)", "multi_block+cache(D=2,R=3)")
-
-
 def load(args):
     if args.model:
         return d3llm.load_model(args.model, device=args.device, dtype=args.dtype), args.model
@@ -70,8 +66,6 @@ def load(args):
 def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[list[list[int]], str]:
     """Chat-templated prompts of the built-in task's test split when the model folder has a tokenizer, else random
     ids of ``length``. Returns the prompts and a description of where they came from."""
-    from pathlib import Path
-
     if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file():
         from d3llm.tasks.data import ArithDataset
         from d3llm.models.prompts import encode_prompt
@@ -140,7 +134,7 @@ def mean_slice(model, prompts, method, params, n: int = 8) -> float:
     return positions / steps
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA runs asynchronously: a timer must not stop before the kernels)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -159,11 +153,11 @@ def dense_ceiling(model, length: int, batches: list[int], repeats: int = 3, roun
             model(inputs[b])
         for _ in range(rounds):
             for b in batches:
-                _sync(model.device)
+                sync_device(model.device)
                 t0 = time.perf_counter()
                 for _ in range(repeats):
                     model(inputs[b])
-                _sync(model.device)
+                sync_device(model.device)
                 best[b] = min(best[b], (time.perf_counter() - t0) / repeats)
     rate = {b: b / best[b] for b in batches}
     return {str(b): rate[b] / rate[batches[0]] for b in batches}
@@ -188,12 +182,11 @@ def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         mine = [r for r in rows if r["setting"] == name]
-        base = mine[0]["tokens_per_s"]
         cells = [f"`{name}`", f"{mine[0]['tpf']:.2f}"]
         for r in mine:
-            ratio = "" if r is mine[0] else f" ({r['tokens_per_s'] / base:.2f}x)"
+            ratio = "" if r is mine[0] else f" ({r['ratio_to_batch_1']:.2f}x)"
             cells.append(f"{r['tokens_per_s']:,.0f}{ratio}")
-        cells.append(", ".join(f"{forward_gain(r, mine[0]):.2f}x" for r in mine[1:]))
+        cells.append(", ".join(f"{r['forward_gain']:.2f}x" for r in mine[1:]))
         if ceiling:
             cells.append(", ".join(f"{r['dense_ceiling']:.2f}x" for r in mine[1:] if "dense_ceiling" in r))
         lines.append("| " + " | ".join(cells) + " |")
@@ -205,10 +198,7 @@ def write_record(path: str, model, source: str, prompt_source: str, **fields) ->
     """The run's JSON: what was measured, on which model and prompts, hardware and versions."""
     record = {"model_source": source, "prompts": prompt_source, "argv": sys.argv[1:], "environment": environment(model),
               **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {save_record(path, record)}")
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ import d3llm
 from d3llm.models.packed import PackedRows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import load, make_prompts, settings, write_record  # noqa: E402
+from decode import sync_device, load, make_prompts, settings, write_record  # noqa: E402
 
 
 def record_steps(model, prompts, method, params, every: int) -> list[tuple[PackedRows, int]]:
@@ -62,31 +62,36 @@ def time_variants(model, steps, cached: bool, vocab: int) -> dict[str, float]:
     length = max(int(max(r.kv_lens.max(), (r.starts + r.lengths).max())) for r, _ in steps)
     cache = model.new_cache(n_max, length) if cached else None
     gen = torch.Generator().manual_seed(0)
+    dev = model.device
     totals = dict.fromkeys(("packed", "union", "padded", "per-row"), 0.0)
     for rows, scored in steps:
         n = len(rows.starts)
         ends = rows.starts + rows.lengths
-        tokens = torch.randint(0, vocab, (rows.size,), generator=gen)
-        index = torch.randint(0, rows.size, (scored,), generator=gen)
-        canvas = torch.randint(0, vocab, (n, int(ends.max())), generator=gen)
+        tokens = torch.randint(0, vocab, (rows.size,), generator=gen).to(dev)
+        index = torch.randint(0, rows.size, (scored,), generator=gen).to(dev)
+        canvas = torch.randint(0, vocab, (n, int(ends.max())), generator=gen).to(dev)
         if cache is not None:  # row i in cache row i, its prefix "cached"
             cache.lengths[:] = 0
             cache.lengths[:n] = rows.starts
         packed_rows = PackedRows(rows.starts, rows.lengths, rows.offsets, rows.positions, rows.kv_lens,
                                  np.arange(n))
+        sync_device(dev)
         t0 = time.perf_counter()
         model.forward_packed(tokens, packed_rows, index, cache=cache)
+        sync_device(dev)
         totals["packed"] += time.perf_counter() - t0
 
         s, e = int(rows.starts.min()), int(ends.max())
         sub = cache.select_rows(list(range(n))) if cache is not None else None
         uniform = bool((rows.starts == s).all() and (ends == e).all())
+        sync_device(dev)
         t0 = time.perf_counter()
         if sub is None:
             model(canvas[:, :e])
         else:
             sub.lengths = rows.starts.astype(np.int64)  # each row's cached prefix
             model(canvas[:, s:e], cache=sub, start=s, append=0, write_range=None if uniform else (rows.starts, ends))
+        sync_device(dev)
         totals["union"] += time.perf_counter() - t0
 
         t_max, k_max = int(rows.lengths.max()), int(rows.kv_lens.max())
@@ -94,13 +99,16 @@ def time_variants(model, steps, cached: bool, vocab: int) -> dict[str, float]:
         if cache is not None:
             pad_cache = cache.select_rows(list(range(n)))
             pad_cache.lengths[:] = max(k_max - t_max, 0)
+        sync_device(dev)
         t0 = time.perf_counter()
         if pad_cache is None:
-            model(canvas[:, :t_max] if canvas.shape[1] >= t_max else torch.zeros(n, t_max, dtype=torch.long))
+            model(canvas[:, :t_max] if canvas.shape[1] >= t_max else torch.zeros(n, t_max, dtype=torch.long, device=dev))
         else:
-            model(torch.zeros(n, t_max, dtype=torch.long), cache=pad_cache, start=max(k_max - t_max, 0), append=0)
+            model(torch.zeros(n, t_max, dtype=torch.long, device=dev), cache=pad_cache, start=max(k_max - t_max, 0), append=0)
+        sync_device(dev)
         totals["padded"] += time.perf_counter() - t0
 
+        sync_device(dev)
         t0 = time.perf_counter()
         for i in range(n):
             one = PackedRows(rows.starts[i : i + 1], rows.lengths[i : i + 1], np.zeros(1, dtype=np.int64),
@@ -108,6 +116,7 @@ def time_variants(model, steps, cached: bool, vocab: int) -> dict[str, float]:
                              rows.kv_lens[i : i + 1], np.array([i]))
             model.forward_packed(tokens[rows.offsets[i] : rows.offsets[i] + rows.lengths[i]], one,
                                  index[: max(scored // n, 1)] % int(rows.lengths[i]), cache=cache)
+        sync_device(dev)
         totals["per-row"] += time.perf_counter() - t0
     return totals
 

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 import d3llm
-from d3llm.eval.environment import environment
-from d3llm.models.checkpoint import atomic_write_text
+from d3llm.eval.environment import environment, write_record
 from d3llm.serve.launch import launched_server
 from d3llm.tasks import load_dataset
 
@@ -59,17 +60,6 @@ def stream_one(url, body: dict, timeout: float) -> dict:
         raise RuntimeError("the stream ended without a usage chunk")
     return {"start": t0, "ttft": (first or done) - t0, "latency": done - t0, "tokens": usage["completion_tokens"],
             "nfe": usage["nfe"]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) by linear interpolation."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = q * (len(xs) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def load(url: str, bodies: list[dict], clients: int, timeout: float) -> dict:
@@ -110,17 +100,19 @@ def load(url: str, bodies: list[dict], clients: int, timeout: float) -> dict:
         "clients": clients, "requests": len(results), "completion_tokens": tokens,
         "nfe": sum(r["nfe"] for r in results), "wall_s": round(wall, 4), "tokens_per_s": round(tokens / wall, 1),
         "requests_per_s": round(len(results) / wall, 2),
-        "ttft_p50_ms": round(1000 * percentile(ttft, 0.5), 1), "ttft_p99_ms": round(1000 * percentile(ttft, 0.99), 1),
-        "latency_p50_ms": round(1000 * percentile(latency, 0.5), 1),
-        "latency_p99_ms": round(1000 * percentile(latency, 0.99), 1),
+        "ttft_p50_ms": round(1000 * float(np.percentile(ttft, 50)), 1),
+        "ttft_p99_ms": round(1000 * float(np.percentile(ttft, 99)), 1),
+        "latency_p50_ms": round(1000 * float(np.percentile(latency, 50)), 1),
+        "latency_p99_ms": round(1000 * float(np.percentile(latency, 99)), 1),
         "ttft_mean_ms": round(1000 * statistics.fmean(ttft), 1),
     }
 
 
 def engine_alone(folder: str, server_args: list[str], prompts: list[list[int]], clients: list[int],
-                 threads: int) -> list[dict]:
+                 threads: int, max_tokens: int | None) -> tuple[list[dict], object]:
     """The same requests through :class:`d3llm.Engine` in this process, with at most N in flight: how much batching
-    the engine itself gains on this machine (the ceiling for the server's ratio)."""
+    the engine itself gains on this machine (the ceiling for the server's ratio). Returns the runs and the model
+    (loaded where and as the server runs it)."""
     import torch
 
     from d3llm.cli.main import build_parser
@@ -129,6 +121,7 @@ def engine_alone(folder: str, server_args: list[str], prompts: list[list[int]], 
     args = build_parser().parse_args(["serve", *server_args])
     torch.set_num_threads(threads)
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)  # where and as the server runs it
+    own = {} if max_tokens is None else {"max_new_tokens": max_tokens}  # the requests' max_tokens, as served
     out = []
     for n in [clients[0], *clients]:  # the first run warms up
         engine = d3llm.Engine(model, args.method, max_batch=args.max_batch, **decoder_params(args))
@@ -136,13 +129,18 @@ def engine_alone(folder: str, server_args: list[str], prompts: list[list[int]], 
         t0 = time.perf_counter()
         while todo or engine.has_work:
             while todo and engine.num_active + engine.num_waiting < n:
-                engine.add_request(todo.pop(0))
+                engine.add_request(todo.pop(0), **own)
             tokens += sum(len(e.new_tokens) for e in engine.step())
         out.append({"clients": n, "tokens_per_s": round(tokens / (time.perf_counter() - t0), 1)})
     out = out[1:]
-    for r in out:
-        r["speedup_vs_one_at_a_time"] = round(r["tokens_per_s"] / out[0]["tokens_per_s"], 2)
-    return out
+    add_speedups(out, out[0])
+    return out, model
+
+
+def add_speedups(runs: list[dict], base: dict) -> None:
+    """Each run's tokens/s over ``base``'s (one at a time), as ``speedup_vs_one_at_a_time``."""
+    for r in runs:
+        r["speedup_vs_one_at_a_time"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,25 +180,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {run['latency_p99_ms']:7.1f} ms", flush=True)
     base = next((r for r in runs if r["clients"] == 1), None)
     if base is not None:
-        for r in runs:
-            r["speedup_vs_one_at_a_time"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+        add_speedups(runs, base)
     tokenizer = d3llm.load_tokenizer(folder)
     prompts = [d3llm.encode_prompt(tokenizer, b["messages"][0]["content"]) for b in bodies]
-    alone = engine_alone(folder, server_args, prompts, args.clients, args.threads)
+    alone, model = engine_alone(folder, server_args, prompts, args.clients, args.threads, args.max_tokens)
     for r in alone:
         print(f"engine alone, {r['clients']:3d} in flight: {r['tokens_per_s']:8.1f} tokens/s "
               f"({r['speedup_vs_one_at_a_time']}x)")
-    model = d3llm.load_model(folder)
     record = {
         "benchmark": "serve", "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model_folder": folder, "server_args": server_args, "requests": args.requests,
         "environment": {**environment(model), "server_threads": args.threads}, "runs": runs,
         "engine_alone": alone,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    print(f"\n| clients | tokens/s | vs 1 client | TTFT p50 / p99 (ms) | latency p50 / p99 (ms) |")
+    out = write_record(args.out, record)
+    print("\n| clients | tokens/s | vs 1 client | TTFT p50 / p99 (ms) | latency p50 / p99 (ms) |")
     print("|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['clients']} | {r['tokens_per_s']:,.0f} | {r.get('speedup_vs_one_at_a_time', '')} | "

@@ -12,7 +12,6 @@ a plot of accuracy against TPF.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from pathlib import Path
 import torch
 
 import d3llm
-from d3llm.eval.environment import environment
+from d3llm.eval.environment import environment, write_record
 from d3llm.eval.runner import evaluate
-from d3llm.models.checkpoint import atomic_write_text
 from d3llm.tasks.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,12 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {row['label']:28s} TPF {row['tpf']:5.2f}  exact {row['strict']:6.2f}%  "
                   f"({row['strict'] - reference:+.2f} points)")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": args.model, "task": args.task, "limit": args.limit, "gen": args.gen, "block": args.block,
                "command": " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
                "elapsed_s": round(time.perf_counter() - t0, 1), "points": rows, "environment": environment(model)}
-    atomic_write_text(out, json.dumps(payload, indent=2))
+    out = write_record(args.out, payload)
     print(f"wrote {out}")
     try:
         import matplotlib

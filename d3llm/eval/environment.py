@@ -60,5 +60,5 @@ def write_record(path, payload: dict) -> Path:
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(payload, indent=2))
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     return out

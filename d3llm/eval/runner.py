@@ -99,7 +99,6 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
         raise ConfigError(f"{len(unscored)} example(s) have no gold answer to score against (first: {unscored[0]}); "
                           f"every answer needs a '#### N' line or a final number")
     prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
-    eos = model.eos_token_id if params.get("eos_token_id") is None else params["eos_token_id"]
 
     if warmup:
         d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # not timed
