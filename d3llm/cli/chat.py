@@ -59,15 +59,14 @@ class ChatSession:
         """Prompt ids of the conversation plus ``question``; the oldest turns are dropped (their count returned)
         until the prompt leaves room for a reply."""
         from d3llm.errors import GenerationError
-        from d3llm.models.prompts import encode_text
+        from d3llm.models.prompts import encode_messages
 
         room = self.model.config.max_length - self.engine.params.max_new_tokens
         history = list(self.messages)
         dropped = 0
         while True:
             turns = history + [{"role": "user", "content": question}]
-            text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-            ids = encode_text(self.tokenizer, text)
+            ids = encode_messages(self.tokenizer, turns)
             if len(ids) <= room:
                 return ids, dropped
             if not history:

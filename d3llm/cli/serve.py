@@ -77,8 +77,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def warm_up(engine, ids: list[int]) -> None:
-    """One short decode before the first request, so that it does not pay the first forward's set-up cost."""
-    engine.add_request(ids, request_id="warm-up", max_new_tokens=engine.params.max_new_tokens)
+    """One decode (the engine's default length) before the first request, so that it does not pay the first
+    forward's set-up cost."""
+    engine.add_request(ids, request_id="warm-up")
     while engine.has_work:
         engine.step()
 

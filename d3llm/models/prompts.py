@@ -15,9 +15,19 @@ def prompt_text(tokenizer, question: str) -> str:
     """The prompt string of a question: the tokenizer's chat template with the generation prompt, if it has one,
     else the raw question."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
+        return messages_text(tokenizer, [{"role": "user", "content": question}])
     return question
+
+
+def messages_text(tokenizer, messages: list[dict]) -> str:
+    """A conversation (``[{"role", "content"}, ...]``) through the tokenizer's chat template, with the generation
+    prompt: the text the model answers."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation's prompt (:func:`messages_text`, encoded like :func:`encode_prompt`)."""
+    return encode_text(tokenizer, messages_text(tokenizer, messages))
 
 
 def encode_prompt(tokenizer, question: str) -> list[int]:

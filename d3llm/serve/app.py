@@ -27,7 +27,7 @@ from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 
-from d3llm.models.prompts import encode_text
+from d3llm.models.prompts import encode_text, messages_text
 from d3llm.serve import protocol
 from d3llm.serve.metrics import ServerMetrics
 from d3llm.serve.protocol import APIError, DecodeRequest, EngineFields, bad_request
@@ -79,7 +79,7 @@ class Server:
                 raise bad_request("this model's tokenizer has no chat template; use /v1/completions",
                                   param="messages", code="no_chat_template")
             try:
-                text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+                text = messages_text(self.tokenizer, req.messages)
             except Exception as exc:  # a template may refuse a conversation (jinja raise_exception)
                 raise bad_request(f"the model's chat template rejected the messages: {exc}", param="messages")
             ids = encode_text(self.tokenizer, text)
@@ -116,10 +116,10 @@ class Server:
                               f"the prompt to at most {self.max_length - canvas} tokens or lower max_tokens",
                               param=field, code="context_length_exceeded")
         params = {"max_new_tokens": canvas, **req.engine_params}
-        names = {"max_new_tokens": "max_tokens", **{k: k for k in req.engine_params}}
         if req.temperature is not None:
             params["temperature"] = req.temperature
-            names["temperature"] = "temperature"
+        # the request's own name of each engine parameter (error messages name the field the client sent)
+        names = {k: self.fields.openai_names.get(k, k) for k in params}
         if req.seed is not None:
             names["seed"] = "seed"
         limit = max_tokens if max_tokens < canvas else None
@@ -130,8 +130,7 @@ class Server:
         body = protocol.parse_json(await read_body(request, self.config.max_body_bytes))
         req = protocol.parse_request(body, kind, self.fields)
         if req.model is not None and req.model != self.config.model_name:
-            raise APIError(404, f"the model '{req.model}' does not exist; this server serves "
-                                f"'{self.config.model_name}'", code="model_not_found", param="model")
+            raise unknown_model(req.model, self.config.model_name)
         ids = self.prompt_ids(req, kind)
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
@@ -251,6 +250,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def unknown_model(name: str, served: str) -> APIError:
+    """The 404 for a model name this server does not serve."""
+    return APIError(404, f"the model '{name}' does not exist; this server serves '{served}'", code="model_not_found",
+                    param="model")
+
+
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -343,8 +348,7 @@ def create_app(server: Server, on_ready: Callable[[], None] | None = None) -> Fa
     @app.get("/v1/models/{name:path}")
     async def model(name: str) -> JSONResponse:
         if name != server.config.model_name:
-            raise APIError(404, f"the model '{name}' does not exist; this server serves "
-                                f"'{server.config.model_name}'", code="model_not_found", param="model")
+            raise unknown_model(name, server.config.model_name)
         return JSONResponse(model_card())
 
     @app.post("/v1/completions")

@@ -139,6 +139,7 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
     """Validate a ``completion`` or ``chat`` request body (see the module docstring)."""
     own = CHAT_FIELDS if kind == "chat" else COMPLETION_FIELDS
     req = DecodeRequest()
+    decoder_fields = ", ".join(p for p in fields.per_row if p not in fields.openai_names)  # for the error messages
     for name, value in body.items():
         if name in COMMON_FIELDS or name in own or name in METADATA:
             continue
@@ -152,15 +153,15 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
         elif name in fields.shared:
             raise bad_request(f"'{name}' is fixed when the server starts ({fields.method}, {name}="
                               f"{fields.shared[name]!r}) and cannot be set per request; per-request decoder "
-                              f"fields: {', '.join(p for p in fields.per_row if p not in fields.openai_names)}",
+                              f"fields: {decoder_fields}",
                               param=name, code="unsupported_parameter")
         elif name == "method":
             raise bad_request(f"the decoding method is fixed when the server starts ({fields.method}); start a "
                               f"server with --method to use another", param=name, code="unsupported_parameter")
         else:
-            extra = ", ".join(p for p in fields.per_row if p not in fields.openai_names)
             raise bad_request(f"unknown field '{name}'; this server takes the OpenAI fields {', '.join(COMMON_FIELDS)}"
-                              f" and the per-request decoder fields {extra}", param=name, code="unknown_parameter")
+                              f" and the per-request decoder fields {decoder_fields}", param=name,
+                              code="unknown_parameter")
 
     model = body.get("model")
     if model is not None and not isinstance(model, str):

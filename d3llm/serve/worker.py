@@ -205,12 +205,13 @@ class EngineWorker:
         self._cancelled_at[job_id] = self.steps
         self._end(job, "cancelled")
 
-    def _end(self, job: Job, reason: str, nfe: int = 0) -> None:
+    def _end(self, job: Job, reason: str, nfe: int = 0, tokens: int = 0) -> None:
+        """The job leaves; ``tokens`` (its completion tokens) and ``nfe`` count for a finished one (stop/length)."""
         self._jobs.pop(job.id, None)
         with self._lock:
             self._in_flight -= 1
         latency = time.monotonic() - job.submitted
-        self.metrics.request_done(reason, job.text.completion_tokens(), nfe, latency)
+        self.metrics.request_done(reason, tokens, nfe, latency)
 
     def _on_event(self, event) -> None:
         job = self._jobs.get(event.request_id)
@@ -235,5 +236,6 @@ class EngineWorker:
         elif not event.finished:
             return
         reason = job.text.finish_reason or ("stop" if event.finish_reason == "stop" else "length")
-        self._end(job, reason, nfe)
-        job.deliver(("done", reason, usage(len(job.prompt), job.text.completion_tokens(), nfe)))
+        tokens = job.text.completion_tokens()
+        self._end(job, reason, nfe, tokens)
+        job.deliver(("done", reason, usage(len(job.prompt), tokens, nfe)))
