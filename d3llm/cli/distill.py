@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-from d3llm.errors import ConfigError
 
 
 def _sizes(text: str) -> list[int]:
@@ -102,7 +101,5 @@ def run(args: argparse.Namespace) -> int:
         args.teacher = str(default_model_path())
     fields = set(DistillConfig.__dataclass_fields__) - {"teacher_hash", "trajectories_hash"}
     cfg = DistillConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if cfg.targets == "data" and not cfg.data:
-        raise ConfigError("--targets data needs --data")
     train(cfg, DistillationObjective(cfg))
     return 0

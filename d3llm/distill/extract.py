@@ -17,13 +17,10 @@ shard exists (after a process-group barrier, not by polling the filesystem).
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
 
 from d3llm.distill import store
 from d3llm.distill.config import ExtractConfig
@@ -95,12 +92,11 @@ def gold_of(row: dict) -> str | None:
 def answer_matches(generated: str, gold: str | None) -> bool:
     """SPEC 6.4 on the generated text only: the last ``\\boxed{}`` if there is one, else the ``#### N`` line, else
     the last number, compared with ``gold`` after normalisation. No gold counts as correct."""
-    from d3llm.tasks.scoring import extract_answer
+    from d3llm.tasks.scoring import reference_answer
 
     if gold is None or gold == "":
         return True
-    pred = boxed_answer(generated) if "\\boxed" in generated else (extract_answer(generated, "strict")
-                                                             or extract_answer(generated, "flexible"))
+    pred = boxed_answer(generated) if "\\boxed" in generated else reference_answer(generated)
     return pred is not None and _normalize(pred) == _normalize(gold)
 
 
@@ -298,10 +294,7 @@ def _extract(cfg: ExtractConfig, info: distm.DistInfo) -> Path:
     from d3llm.models.checkpoint import load_model
     from d3llm.models.tokenizer import load_tokenizer
 
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    elif info.device.type == "cpu" and info.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    distm.set_threads(info, cfg.threads)
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")

@@ -63,7 +63,7 @@ def noisy_inputs(targets: torch.Tensor, response_start: int, order: torch.Tensor
         mask_u: ``[b, R_len]`` uniforms for random masking.
         n_states: N, the number of teacher states (the trajectory's generation length).
     """
-    b, width = targets.shape[0], targets.shape[1] - response_start
+    width = targets.shape[1] - response_start
     pos = torch.arange(width)[None, :]
     blocks = lengths // block_size
     k = torch.minimum((block_u.double() * (blocks + 1).double()).floor().long(), blocks)
@@ -71,7 +71,6 @@ def noisy_inputs(targets: torch.Tensor, response_start: int, order: torch.Tensor
     end = torch.where(k < blocks, start + block_size, torch.full_like(start, width))
     if whole_response:
         start, end = torch.zeros_like(start), torch.full_like(start, width)
-    start = torch.minimum(start, end)
     in_block = (pos >= start[:, None]) & (pos < end[:, None])
     if random_mask:
         hide = mask_u < ((1 - RANDOM_MASK_EPS) * t.double() + RANDOM_MASK_EPS)[:, None]

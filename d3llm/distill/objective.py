@@ -306,7 +306,7 @@ class DistillationObjective(Objective):
                                              "hidden_frac": parts.hidden / max(int(batch.targets.numel()), 1)})
 
     def epoch(self, examples: int) -> float:
-        return examples / len(self.examples)
+        return self.stream.epoch(examples)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def eval_params(self) -> dict:

@@ -54,6 +54,15 @@ def setup(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def set_threads(info: DistInfo, threads: int | None) -> None:
+    """torch's CPU threads for this process: ``threads`` when given, else (CPU, several processes) the machine's
+    cores split between the processes, else torch's default."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif info.device.type == "cpu" and info.world_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+
+
 def teardown(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -111,10 +110,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    elif info.device.type == "cpu" and info.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    distm.set_threads(info, cfg.threads)
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world_size} processes")
     local_bs = cfg.batch_size // info.world_size
