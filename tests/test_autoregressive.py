@@ -88,7 +88,7 @@ def test_callback_sees_one_committed_token_per_row_and_step(pair):
 
 def test_parameters_are_checked(pair):
     model, _ = pair
-    with pytest.raises(GenerationError, match=r"autoregressive: temperature=-1 is outside >= 0.0"):
+    with pytest.raises(GenerationError, match=r"autoregressive: temperature=-1 is outside \[0.0, 100.0\]"):
         d3llm.generate(model, [[1, 2]], "autoregressive", temperature=-1)
     with pytest.raises(GenerationError, match=r"unknown parameter 'block_size' for method 'autoregressive'"):
         d3llm.generate(model, [[1, 2]], "autoregressive", block_size=8)

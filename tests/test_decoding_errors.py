@@ -24,9 +24,9 @@ PROMPT = [[1, 2, 3]]
     ("multi_block", dict(block_add_threshold=1.2), r"block_add_threshold=1.2 is outside \[0.0, 1.0\]"),
     ("multi_block", dict(decoded_token_threshold=-0.5), r"decoded_token_threshold=-0.5 is outside \[0.0, 1.0\]"),
     ("multi_block", dict(threshold="high"), r"multi_block: threshold must be a number, got 'high'"),
-    ("multi_block", dict(threshold=float("nan")), r"multi_block: threshold must be a number, got nan"),
-    ("multi_block", dict(block_size=0), r"multi_block: block_size must be an integer >= 1, got 0"),
-    ("vanilla", dict(block_size=-8), r"vanilla: block_size must be an integer >= 1, got -8"),
+    ("multi_block", dict(threshold=float("nan")), r"multi_block: threshold must be a finite number, got nan"),
+    ("multi_block", dict(block_size=0), r"multi_block: block_size must be an integer from 1 to 2,147,483,647, got 0"),
+    ("vanilla", dict(block_size=-8), r"vanilla: block_size must be an integer from 1 to 2,147,483,647, got -8"),
     ("multi_block", dict(max_new_tokens=100, block_size=32),
      r"max_new_tokens=100 is not a multiple of block_size=32; multi_block decodes whole blocks \(use e.g. "
      r"max_new_tokens=128, or another block_size\)"),
@@ -36,13 +36,14 @@ PROMPT = [[1, 2, 3]]
     ("vanilla", dict(max_new_tokens=64, block_size=32, steps=63),
      r"vanilla: steps=63 must be a multiple of the number of blocks, max_new_tokens=64 / block_size=32 = 2 "
      r"\(e.g. steps=62, or omit steps for one token per forward\)"),
-    ("vanilla", dict(max_new_tokens=64, block_size=32, steps=0), r"vanilla: steps must be an integer >= 1, got 0"),
-    ("vanilla", dict(temperature=-1.0), r"vanilla: temperature=-1.0 is outside >= 0.0"),
+    ("vanilla", dict(max_new_tokens=64, block_size=32, steps=0),
+     r"vanilla: steps must be an integer from 1 to max_new_tokens=64 \(every step commits at least one token\), got 0"),
+    ("vanilla", dict(temperature=-1.0), r"vanilla: temperature=-1.0 is outside \[0.0, 100.0\]"),
     ("vanilla", dict(remasking="lowest"), r"vanilla: remasking='lowest' is not one of 'low_confidence', 'random'"),
     ("fast_dllm", dict(cache="full", max_new_tokens=32, block_size=32, steps=32),
      r"fast_dllm: cache='full' is not one of 'none', 'prefix', 'dual'"),
-    ("multi_block", dict(cache_delay_iter=0), r"multi_block: cache_delay_iter must be an integer >= 1, got 0"),
-    ("multi_block", dict(refresh_interval=2.5), r"multi_block: refresh_interval must be an integer >= 1, got 2.5"),
+    ("multi_block", dict(cache_delay_iter=0), r"multi_block: cache_delay_iter must be an integer from 1 to 2,147,483,647, got 0"),
+    ("multi_block", dict(refresh_interval=2.5), r"multi_block: refresh_interval must be an integer from 1 to 2,147,483,647, got 2.5"),
     ("multi_block", dict(early_stop="yes"), r"multi_block: early_stop must be True or False, got 'yes'"),
     ("multi_block", dict(treshold=0.5), r"unknown parameter 'treshold' for method 'multi_block' \(did you mean "
                                         r"'threshold'\?\)"),
@@ -119,3 +120,56 @@ def dream():
 def test_bad_parameters_for_dream(dream, method, params, message):
     with pytest.raises(GenerationError, match=message):
         d3llm.generate(dream, PROMPT, method, **params)
+
+
+# -- bounded inputs: the values a fuzzing pass used to crash the server's engine with (issue 19) ----------------------
+HUGE = 10**400  # an integer beyond any float
+
+
+@pytest.mark.parametrize("method,params,message", [
+    ("multi_block", dict(threshold=HUGE), r"multi_block: threshold must be a finite number, got an integer of 401 "
+                                          r"digits"),
+    ("multi_block", dict(threshold=float("inf")), r"multi_block: threshold must be a finite number, got inf"),
+    ("multi_block", dict(temperature=HUGE), r"multi_block: temperature must be a finite number"),
+    ("multi_block", dict(temperature=1e-30), r"multi_block: temperature=1e-30 is too small: a temperature is 0 "
+                                             r"\(greedy\) or from 1e-05 to 100.0"),
+    ("multi_block", dict(temperature=1000.0), r"temperature=1000.0 is outside \[0.0, 100.0\]"),
+    ("fast_dllm", dict(max_new_tokens=32, block_size=32, steps=2**63),
+     r"fast_dllm: steps must be an integer from 1 to max_new_tokens=32 \(every step commits at least one token\), "
+     r"got 9223372036854775808"),
+    ("vanilla", dict(max_new_tokens=32, block_size=32, steps=10**9), r"vanilla: steps must be an integer from 1 to "
+                                                                      r"max_new_tokens=32"),
+    ("block_entropy", dict(max_new_tokens=32, block_size=32, steps=10**9), r"block_entropy: steps must be an "
+                                                                            r"integer from 1 to max_new_tokens=32"),
+    ("multi_block", dict(max_new_tokens=2**70, block_size=32), r"max_new_tokens must be an integer from 1 to "
+                                                               r"2,147,483,647, got 1180591620717411303424"),
+    ("multi_block", dict(cache_delay_iter=HUGE), r"cache_delay_iter must be an integer from 1 to 2,147,483,647, got "
+                                                 r"an integer of 401 digits"),
+    ("multi_block", dict(steps=5), r"unknown parameter 'steps' for method 'multi_block'; valid parameters: "
+                                   r"max_new_tokens, block_size"),
+])
+def test_out_of_range_values_are_refused_before_any_work(model, method, params, message):
+    """Each value is refused at call time (no schedule sized by ``steps`` is ever allocated: a billion steps used
+    to cost 17 GB and 40 s before the first forward)."""
+    with pytest.raises(GenerationError, match=message):
+        d3llm.generate(model, PROMPT, method, **params)
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, -2**63 - 1, 10**400, 1.5, True])
+def test_seeds_outside_64_bits_are_refused(model, seed):
+    with pytest.raises(GenerationError, match=r"seed must be an integer from 0 to 2\*\*64 - 1, got"):
+        d3llm.generate(model, PROMPT, "multi_block", seed=seed, max_new_tokens=32)
+
+
+def test_the_largest_seed_and_steps_still_decode(model):
+    out = d3llm.generate(model, PROMPT, "multi_block", seed=2**64 - 1, temperature=1.0, max_new_tokens=32)
+    assert out.sequences.shape[1] == 3 + 32
+    out = d3llm.generate(model, PROMPT, "vanilla", max_new_tokens=32, block_size=32, steps=32)
+    assert int(out.nfe[0]) == 32
+
+
+def test_dream_step_schedule_is_bounded_too(dream):
+    with pytest.raises(GenerationError, match=r"vanilla: steps must be an integer from 1 to max_new_tokens=32"):
+        d3llm.generate(dream, PROMPT, "vanilla", max_new_tokens=32, steps=10**9)
+    with pytest.raises(GenerationError, match=r"vanilla: alg_temp=1e-40 is too small"):
+        d3llm.generate(dream, PROMPT, "vanilla", max_new_tokens=32, alg_temp=1e-40)

@@ -10,12 +10,18 @@ Resolution, for every parameter of the method, first match wins:
 ``steps`` of the block-sequential decoders follows ``max_new_tokens`` (one token per forward) unless one of the
 first two layers sets it. A bad value is a :class:`~d3llm.errors.GenerationError` that calls a value the caller never
 gave a default, and says which (``steps=128 (built-in default) must be a multiple of ...``).
+
+Every value has a bounded range, so that no request can make a decoder allocate or loop beyond O(canvas): integers
+lie in ``[minimum, INT_LIMIT]`` (``steps`` of the step-schedule decoders at most ``max_new_tokens``: a step commits
+at least one token), every float is finite, and a temperature is 0 (greedy) or within ``TEMPERATURE_RANGE``. A
+sampling ``seed`` is an integer in ``[0, 2**64 - 1]`` (:func:`check_seed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +30,27 @@ import numpy as np
 from d3llm.errors import GenerationError
 
 GIVEN, FOLDER, BUILTIN, DERIVED = "given", "folder", "builtin", "derived"
+
+INT_LIMIT = 2**31 - 1  # the largest integer a decoder parameter takes (lengths, steps, intervals)
+SEED_LIMIT = 2**64 - 1  # the largest sampling seed (torch generators take 64-bit seeds)
+# a positive temperature: below the floor, tempered logits overflow (Dream's softmax(l / T) becomes NaN)
+TEMPERATURE_RANGE = (1e-5, 100.0)
+
+
+def check_seed(seed) -> None:
+    """A sampling seed is None or an integer in ``[0, 2**64 - 1]``; else :class:`GenerationError`."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_LIMIT:
+        raise GenerationError(f"seed must be an integer from 0 to 2**64 - 1, got {_short(seed)}")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened for a message (an integer of thousands of digits stays readable)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'more than 4000'} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass
@@ -109,24 +136,50 @@ class Params:
     def show(self, name: str, value: Any = dataclasses.MISSING) -> str:
         """``name=value`` and, when the caller did not give it, where it came from."""
         value = getattr(self, name) if value is dataclasses.MISSING else value
-        return f"{name}={value!r}{self.label(name)}"
+        return f"{name}={_short(value)}{self.label(name)}"
 
     # -- shared checks ---------------------------------------------------------------------------------------------
-    def check_int(self, method: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False) -> None:
+    def check_int(self, method: str, name: str, value: Any, minimum: int = 1, allow_none: bool = False,
+                  maximum: int = INT_LIMIT, why: str = "") -> None:
+        """An integer in ``[minimum, maximum]`` (``why``: what the maximum is, for the message)."""
         if value is None and allow_none:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise GenerationError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}{self.label(name)}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= maximum:
+            limit = why or f"{maximum:,}"
+            raise GenerationError(f"{method}: {name} must be an integer from {minimum} to {limit}, got "
+                                  f"{_short(value)}{self.label(name)}")
 
     def check_range(self, method: str, name: str, value: Any, lo: float, hi: float | None, what: str,
                     allow_none: bool = False) -> None:
+        """A finite number in ``[lo, hi]`` (``hi`` None: no upper bound but finiteness)."""
         if value is None and allow_none:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or value != value:
-            raise GenerationError(f"{method}: {name} must be a number, got {value!r}{self.label(name)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise GenerationError(f"{method}: {name} must be a number, got {_short(value)}{self.label(name)}")
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            raise GenerationError(f"{method}: {name} must be a finite number, got {_short(value)}{self.label(name)}")
         if value < lo or (hi is not None and value > hi):
             span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
             raise GenerationError(f"{method}: {self.show(name, value)} is outside {span} ({what})")
+
+    def check_temperature(self, method: str, name: str = "temperature", allow_none: bool = False) -> None:
+        """0 (greedy) or a positive temperature within :data:`TEMPERATURE_RANGE`."""
+        value = getattr(self, name)
+        lo, hi = TEMPERATURE_RANGE
+        self.check_range(method, name, value, 0.0, hi, f"0 for greedy decoding, else from {lo} to {hi}",
+                         allow_none=allow_none)
+        if value is not None and 0 < value < lo:
+            raise GenerationError(f"{method}: {self.show(name, value)} is too small: a temperature is 0 (greedy) or "
+                                  f"from {lo} to {hi} (tempered logits overflow below {lo})")
+
+    def check_steps(self, method: str) -> None:
+        """``steps`` of a step-schedule decoder: from 1 to ``max_new_tokens`` (every step commits a token)."""
+        self.check_int(method, "steps", self.steps, maximum=self.max_new_tokens,
+                       why=f"{self.show('max_new_tokens')} (every step commits at least one token)")
 
     def check_choice(self, method: str, name: str, value: Any, choices: tuple) -> None:
         if value not in choices:

@@ -40,7 +40,7 @@ class AutoregressiveParams(Params):
 
     def validate(self, method: str) -> None:
         self.check_int(method, "max_new_tokens", self.max_new_tokens)
-        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature (0 = greedy)")
+        self.check_temperature(method)
 
 
 @dataclass

@@ -56,7 +56,7 @@ class VanillaParams(Params):
 
     def validate(self, method: str) -> None:
         self.check_blocks(method)
-        self.check_int(method, "steps", self.steps)
+        self.check_steps(method)
         blocks = self.max_new_tokens // self.block_size
         if self.steps % blocks:
             raise GenerationError(
@@ -64,7 +64,7 @@ class VanillaParams(Params):
                 f"{self.show('max_new_tokens')} / {self.show('block_size')} = {blocks} (e.g. steps="
                 f"{max(blocks, self.steps - self.steps % blocks)}, or omit steps for one token per forward)"
             )
-        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
+        self.check_temperature(method)
         self.check_choice(method, "remasking", self.remasking, ("low_confidence", "random"))
 
 

@@ -46,19 +46,18 @@ class DreamVanillaParams(Params):
     no_folder_default = frozenset({"block_size"})  # one block over the whole generation, whatever the folder says
 
     def validate(self, method: str) -> None:
-        self.check_int(method, "steps", self.steps)
         self.check_int(method, "max_new_tokens", self.max_new_tokens)
+        self.check_steps(method)
         if self.block_size is not None and self.block_size != self.max_new_tokens:
             raise GenerationError(
                 f"{method}: {self.show('block_size')} is not supported on Dream, whose vanilla decoder treats "
                 f"the whole generation ({self.max_new_tokens} tokens) as one block; omit block_size"
             )
-        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
+        self.check_temperature(method)
         self.check_range(method, "top_p", self.top_p, 0.0, 1.0, "nucleus probability mass", allow_none=True)
         self.check_int(method, "top_k", self.top_k, allow_none=True)
         self.check_choice(method, "alg", self.alg, ("origin", *_SCORES))
-        self.check_range(method, "alg_temp", self.alg_temp, 0.0, None, "position sampling temperature",
-                         allow_none=True)
+        self.check_temperature(method, "alg_temp", allow_none=True)
         self.check_range(method, "eps", self.eps, 0.0, 1.0, "the final timestep")
 
 

@@ -52,8 +52,7 @@ from d3llm.decoding.rows import pad_columns
 
 @dataclass
 class MultiBlockParams(Params):
-    per_row = ("max_new_tokens", "temperature", "threshold", "steps")
-    steps: int | None = None  # accepted for compatibility with the reference signature; ignored
+    per_row = ("max_new_tokens", "temperature", "threshold")
     max_new_tokens: int = 512
     block_size: int = 32
     temperature: float = 0.0
@@ -68,7 +67,7 @@ class MultiBlockParams(Params):
 
     def validate(self, method: str) -> None:
         self.check_blocks(method)
-        self.check_range(method, "temperature", self.temperature, 0.0, None, "sampling temperature")
+        self.check_temperature(method)
         self.check_choice(method, "remasking", self.remasking, ("low_confidence", "random"))
         self.check_range(method, "threshold", self.threshold, 0.0, None, "an entropy threshold in nats")
         self.check_range(method, "block_add_threshold", self.block_add_threshold, 0.0, 1.0,
