@@ -212,14 +212,14 @@ def test_max_batch_queues_the_rest(trained_models):
     ([1, 2], dict(treshold=0.5), r"unknown parameter 'treshold' for method 'multi_block' \(did you mean "
                                  r"'threshold'\?\)"),
     ([1, 2], dict(threshold=-0.1), r"multi_block: threshold=-0.1 is outside >= 0.0 \(an entropy threshold"),
-    ([1, 2], dict(temperature=-1.0), r"multi_block: temperature=-1.0 is outside >= 0.0"),
+    ([1, 2], dict(temperature=-1.0), r"multi_block: temperature=-1.0 is outside \[0.0, 100.0\]"),
     ([1, 2], dict(max_new_tokens=20), r"max_new_tokens=20 is not a multiple of block_size=8"),
     ([1, 2], dict(block_size=16), r"multi_block: parameter 'block_size' is shared by every row and cannot be set "
                                   r"per request"),
     ([1, 2], dict(cache_delay_iter=2), r"parameter 'cache_delay_iter' is shared by every row"),
     ([1, 2], dict(eos_token_id=500), r"eos_token_id=500 is not a token id of this model's vocabulary \[0, 128\)"),
     ([1, 2], dict(eos_token_id=127), r"eos_token_id and mask_id are both 127; they must differ"),
-    ([1, 2], dict(seed="x"), r"seed must be an integer, got 'x'"),
+    ([1, 2], dict(seed="x"), r"seed must be an integer from 0 to 2\*\*64 - 1, got 'x'"),
     ([1, 2], dict(request_id=0), r"request id 0 is already in use"),
 ])
 def test_a_bad_request_fails_alone(prompt, params, message):
@@ -303,3 +303,87 @@ def test_autoregressive_rows_joining_mid_way_equal_each_row_alone(ar_model):
         assert_same(outputs[i], ref, p)
         finishes.add(outputs[i].finish_reason)
     assert finishes == {"stop", "length"}  # row 1 is cut by its 9 tokens, the greedy 48-token rows stop at EOS
+
+
+# -- fault isolation (issue 19) ---------------------------------------------------------------------------------------
+def inject_fault(monkeypatch, engine, phase, victim, at_step):
+    """Make ``phase`` (plan, forward, commit or update) raise whenever the row of request ``victim`` takes part in
+    it from its step ``at_step`` on; the other rows are untouched."""
+    target, name = (engine.model, "forward_packed") if phase == "forward" else (engine.method, phase)
+    original = getattr(target, name)
+
+    def faulty(*args, **kwargs):
+        ids = engine.active_ids
+        if victim in ids and engine.rows.nfe[ids.index(victim)] >= at_step:
+            raise RuntimeError(f"injected {phase} fault")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, faulty)
+
+
+@pytest.mark.parametrize("family,name,phase", [
+    ("llada", "multi_block_kv_d2_r3_es", "plan"), ("llada", "multi_block_kv_d2_r3_es", "forward"),
+    ("llada", "multi_block_kv_d2_r3_es", "commit"), ("llada", "multi_block_kv_d2_r3_es", "update"),
+    ("llada", "fast_dllm_dual", "commit"), ("dream", "dream_vanilla_entropy", "forward"),
+])
+def test_a_row_that_raises_mid_decode_fails_alone(monkeypatch, trained_models, family, name, phase):
+    """A fault in one row fails that request only: the rows around it (sampled ones included) decode exactly the
+    tokens they decode alone, and the engine goes on taking requests."""
+    model = trained_models[family]
+    method, params = SETTINGS[name]
+    batch = prompts(4, seed=31)
+    engine = Engine(model, method, isolate_faults=True, **shared(model, method, params))
+    temps = [0.0, 0.9, 0.0, 0.0]
+    requests = [dict(prompt=p, seed=5 + i, temperature=temps[i], **row_params(method, params, GEN))
+                for i, p in enumerate(batch)]
+    inject_fault(monkeypatch, engine, phase, victim=2, at_step=3)
+    outputs, events = run_staggered(engine, requests, joins=[0, 0, 0, 1])
+    failed = events[2][-1]
+    assert failed.finished and failed.finish_reason == "error" and outputs[2].finish_reason == "error"
+    assert isinstance(failed.error, RuntimeError) and str(failed.error) == f"injected {phase} fault"
+    assert outputs[2].nfe == (2 if phase == "update" else 3)  # update runs once the row's NFE counts the step
+    assert engine.stats.replays == 1
+    for i in (0, 1, 3):
+        ref = generate(model, [batch[i]], method, seed=5 + i, temperature=temps[i], **params)
+        assert_same(outputs[i], ref, batch[i])
+    assert not engine.has_work and engine.num_active == 0
+    again, _ = run_staggered(engine, [dict(prompt=batch[0], **row_params(method, params, GEN))], joins=[0])
+    assert_same(again[0], generate(model, [batch[0]], method, **params), batch[0])
+
+
+def test_a_request_whose_set_up_raises_fails_alone(monkeypatch, trained_models):
+    model = trained_models["llada"]
+    engine = Engine(model, "multi_block", isolate_faults=True, block_size=BLOCK, cache_delay_iter=1)
+    original = engine.method.init_state
+
+    def faulty(canvas, rows):
+        if any(r.params.threshold == 0.25 for r in rows):
+            raise MemoryError("injected set-up fault")
+        return original(canvas, rows)
+
+    monkeypatch.setattr(engine.method, "init_state", faulty)
+    batch = prompts(3, seed=8)
+    taus = [0.5, 0.25, 0.5]
+    outputs, events = run_staggered(engine, [dict(prompt=p, threshold=t, max_new_tokens=GEN)
+                                             for p, t in zip(batch, taus)], joins=[0, 0, 0])
+    assert outputs[1].finish_reason == "error" and isinstance(events[1][-1].error, MemoryError)
+    assert outputs[1].nfe == 0 and events[1] == [events[1][-1]]
+    for i in (0, 2):
+        assert_same(outputs[i], generate(model, [batch[i]], "multi_block", cache_delay_iter=1), batch[i])
+
+
+def test_without_isolation_a_fault_propagates_out_of_step(monkeypatch, trained_models):
+    model = trained_models["llada"]
+    engine = Engine(model, "multi_block", block_size=BLOCK, max_new_tokens=GEN)
+    inject_fault(monkeypatch, engine, "commit", victim=0, at_step=0)
+    engine.add_request(prompts(1, seed=1)[0], request_id=0)
+    with pytest.raises(RuntimeError, match="injected commit fault"):
+        engine.step()
+
+
+def test_a_fresh_engine_has_the_same_settings(trained_models):
+    model = trained_models["llada"]
+    engine = Engine(model, "multi_block", isolate_faults=True, max_batch=3, block_size=BLOCK, threshold=0.3)
+    copy = engine.fresh()
+    assert copy is not engine and copy.model is model and copy.max_batch == 3 and copy.isolate_faults
+    assert copy.params.as_dict() == engine.params.as_dict() and not copy.has_work

@@ -28,12 +28,22 @@ It is step-wise, so that a server can drive it and rows can join and leave a run
 * ``cancel(request_id)``: the row (or waiting request) finishes at the next step with ``finish_reason ==
   "cancelled"``.
 
+**Fault isolation** (``isolate_faults=True``, what a server wants): whatever one row raises while it joins, is
+planned, forwarded or committed fails that request alone. The step is a transaction: before it, the engine keeps a
+copy of the rows' host state (canvas, method state, bookkeeping, cache lengths, seeded generators' states; a few
+kilobytes). If the step raises, that copy is restored and the step is replayed one row at a time (a row's logits
+are bit-identical whatever the batch, and a replayed forward rewrites exactly the cache entries the failed one
+wrote, from the same inputs), so the rows that do not raise get the tokens they would have had; a row that raises
+alone finishes with ``finish_reason == "error"`` and the exception in ``RowEvent.error``. Joining works the same
+way: a batch of joining requests whose set-up raises is retried one request at a time. Without isolation (the
+default, what ``d3llm.generate`` uses) the exception propagates out of ``step()`` at once.
+
 Streaming contract: ``RowEvent.new_tokens`` only ever holds *committed* tokens of the row's *committed prefix*
 (generated positions ``[0, prefix_length)``, all of them unmasked). Decoders never change a committed position, and
 a new end-of-text can only appear at a masked position, i.e. after the prefix, so no later step can change this
 text; it is cut at the first end-of-text (positions after it may still be rewritten, e.g. by early stop).
 ``finish_reason`` is ``"stop"`` (an end-of-text was generated), ``"length"`` (the generation filled
-``max_new_tokens``, or hit the step cap) or ``"cancelled"``.
+``max_new_tokens``, or hit the step cap), ``"cancelled"`` or ``"error"`` (fault isolation only).
 
 The engine is not thread-safe and never blocks: a server runs one task that owns it and calls ``step()`` in a loop
 (in a worker thread if it must not block the event loop), and its handlers hand requests and cancellations to that
@@ -88,7 +98,7 @@ from d3llm.decoding.canvas import Canvas, build_canvas, check_prompt
 from d3llm.decoding.defaults import resolve_decoder, resolve_eos, resolve_method
 from d3llm.decoding.methods import method_class
 from d3llm.decoding.methods.base import Commit, RowSetup, StepPlan
-from d3llm.decoding.params import Params
+from d3llm.decoding.params import Params, check_seed
 from d3llm.decoding.rows import RowTable
 from d3llm.errors import GenerationError
 from d3llm.models.packed import PackedRows
@@ -118,7 +128,7 @@ class RequestOutput:
             masked; -1 for a position still masked.
         tokens: the generated ids before the first end-of-text.
         nfe: forward passes the row took part in.
-        finish_reason: ``"stop"``, ``"length"`` or ``"cancelled"``.
+        finish_reason: ``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``.
     """
 
     request_id: Hashable
@@ -140,6 +150,7 @@ class RowEvent:
         prefix_length: generated positions ``[0, prefix_length)`` are committed and final.
         new_tokens: tokens of the committed prefix not reported before, cut at the first end-of-text.
         finished, finish_reason, output: set when the row left the batch in this step.
+        error: what the row raised (``finish_reason == "error"``, fault isolation only).
     """
 
     request_id: Hashable
@@ -149,6 +160,7 @@ class RowEvent:
     finished: bool = False
     finish_reason: str | None = None
     output: RequestOutput | None = None
+    error: BaseException | None = None
     _commit: tuple | None = field(default=None, repr=False)
 
     @property
@@ -169,6 +181,7 @@ class EngineStats:
         positions: positions forwarded, summed over rows and steps.
         last_positions: request id -> positions that row forwarded in the last step (empty: no forward).
         model_time: seconds inside model forwards.
+        replays: steps that raised and were replayed one row at a time (fault isolation).
     """
 
     steps: int = 0
@@ -176,6 +189,7 @@ class EngineStats:
     positions: int = 0
     last_positions: dict = field(default_factory=dict)
     model_time: float = 0.0
+    replays: int = 0
 
 
 @dataclass
@@ -207,8 +221,13 @@ class Engine:
 
     def __init__(self, model, method: str | None = None, *, mask_id: int | None = None,
                  eos_token_id: int | None = None, max_batch: int | None = None, max_steps: int = MAX_STEPS,
-                 max_forward_tokens: int | None | str = "auto", **params: Any) -> None:
+                 max_forward_tokens: int | None | str = "auto", isolate_faults: bool = False,
+                 **params: Any) -> None:
         self.model = model
+        self._settings = dict(method=method, mask_id=mask_id, eos_token_id=eos_token_id, max_batch=max_batch,
+                              max_steps=max_steps, max_forward_tokens=max_forward_tokens,
+                              isolate_faults=isolate_faults, **params)
+        self.isolate_faults = bool(isolate_faults)
         self.method_name = resolve_method(model, method)
         self.method_class = method_class(self.method_name, model.family)
         self.shared_params = self._canonical(params)
@@ -246,6 +265,10 @@ class Engine:
         self.last_commit: Commit | None = None
         self.cache = None  # one KV cache; its rows go to requests as they join and come back when they leave
         self._free: list[int] = []
+
+    def fresh(self) -> "Engine":
+        """A new, empty engine on the same model with the same settings (what a server restarts with)."""
+        return Engine(self.model, **{**self._settings, "isolate_faults": self.isolate_faults})
 
     # -- parameters ----------------------------------------------------------------------------------------------
     @property
@@ -301,8 +324,7 @@ class Engine:
         resolved = self._resolve({**self.shared_params, **own}) if own else self.params
         self.method.check_row(resolved)
         eos = self.eos_id if eos_token_id is None else self._row_eos(eos_token_id)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise GenerationError(f"seed must be an integer, got {seed!r}")
+        check_seed(seed)
         ids = check_prompt(prompt, label, self.vocab_size)
         if len(ids) + resolved.max_new_tokens > self.model.config.max_length:
             raise GenerationError(too_long_message(label, len(ids), resolved, self.model.config.max_length))
@@ -357,6 +379,21 @@ class Engine:
                 self._retire(np.flatnonzero(cut), events, reason=None)
                 if self.canvas is None:
                     return events
+        if not self.isolate_faults:
+            self._decode(events)
+            return events
+        before = self._snapshot()
+        done: list[RowEvent] = []
+        try:
+            self._decode(done)
+        except Exception:
+            self._restore(before)
+            done = self._replay_rows_alone(before)
+        events += done
+        return events
+
+    def _decode(self, events: list[RowEvent]) -> None:
+        """The iteration of the active rows: plan, retire finished rows, forward, commit, update."""
         plan = self.method.plan(self.canvas, self.state)
         if not plan.run.all():
             self._retire(np.flatnonzero(~plan.run), events, reason="done")
@@ -375,8 +412,67 @@ class Engine:
         self.last_commit = commit
         self._progress(events, steps, commit, gen, masked)
         self.method.update(canvas, state, commit)
+
+    # -- fault isolation -----------------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple:
+        """Copies of everything a step changes on the host (the KV cache's contents need none: see the module
+        docstring)."""
+        every = np.arange(self.canvas.size)
+        generators = [(r.generator, r.generator.get_state()) for r in self.rows.requests if r.generator is not None]
+        lengths = None if self.cache is None else self.cache.lengths.copy()
+        return (self.canvas.select(every), self.state.select(every), self.rows.select(every), lengths,
+                list(self._free), generators)
+
+    def _restore(self, snapshot: tuple) -> None:
+        self.canvas, self.state, self.rows, lengths, free, generators = snapshot
+        if lengths is not None:
+            self.cache.lengths[: len(lengths)] = lengths
+        self._free = list(free)
+        for generator, state in generators:
+            generator.set_state(state)
+
+    def _replay_rows_alone(self, snapshot: tuple) -> list[RowEvent]:
+        """Replay the step that raised one row at a time: rows that raise alone finish with ``"error"``, the others
+        continue as they would have (their tokens are those of the batched step)."""
+        self.stats.replays += 1
+        canvas, state, rows = self.canvas, self.state, self.rows
+        events: list[RowEvent] = []
+        survivors = []
+        forwarded: dict = {}
+        for i in range(canvas.size):
+            one = np.array([i])
+            self.canvas, self.state, self.rows = canvas.select(one), state.select(one), rows.select(one)
+            mine: list[RowEvent] = []
+            self.stats.last_positions = {}
+            try:
+                self._decode(mine)
+                forwarded.update(self.stats.last_positions)
+            except Exception as exc:
+                self.canvas, self.state, self.rows = canvas.select(one), state.select(one), rows.select(one)
+                self._retire(np.zeros(1, dtype=np.int64), events, reason="error", error=exc)
+                continue
+            events += mine
+            if self.canvas is not None:
+                survivors.append((self.canvas, self.state, self.rows))
+        self.stats.last_positions = forwarded
+        self.canvas = self.state = self.rows = None
+        for c, s, r in survivors:
+            if self.canvas is None:
+                self.canvas, self.state, self.rows = c, s, r
+            else:
+                self.canvas, self.state, self.rows = self.canvas.concat(c), self.state.concat(s), self.rows.concat(r)
         return events
 
+    def _fail_request(self, req: _Request, error: BaseException, events: list[RowEvent]) -> None:
+        """A waiting request whose set-up raised finishes with ``"error"`` without running."""
+        self._known.discard(req.request_id)
+        self._cancel.discard(req.request_id)
+        n = req.params.max_new_tokens
+        out = RequestOutput(req.request_id, req.prompt.tolist(), np.full(n, self.mask_id), np.full(n, -1), [], 0,
+                            "error")
+        events.append(RowEvent(req.request_id, None, 0, [], True, "error", out, error=error))
+
+    # -- joining and leaving -------------------------------------------------------------------------------------
     def _admit(self, events: list[RowEvent]) -> None:
         """Waiting requests join the batch (cancelled ones finish without running)."""
         joining = []
@@ -397,21 +493,37 @@ class Engine:
             self.rows.cancelled |= np.array([i in self._cancel for i in ids])
         if not joining:
             return
+        if not self.isolate_faults:
+            self._join(joining)
+            return
+        try:
+            self._join(joining)
+        except Exception:
+            for req in joining:  # find the request(s) whose set-up raises
+                try:
+                    self._join([req])
+                except Exception as exc:
+                    self._fail_request(req, exc, events)
+
+    def _join(self, joining: list[_Request]) -> None:
+        """Canvas rows, method state and cache rows of ``joining``, appended to the batch (all or nothing)."""
         gen_lengths = [r.params.max_new_tokens for r in joining]
         canvas = build_canvas([r.prompt for r in joining], gen_lengths, mask_id=self.mask_id, filler=-1,
                               device=self.device)
         state = self.method.init_state(canvas, [RowSetup(r.params, r.eos_id, r.generator) for r in joining])
         n = len(joining)
-        rows = _Rows(requests=joining, slots=self._take_slots(n, int(canvas.lengths.max())),
-                     nfe=np.zeros(n, dtype=np.int64),
-                     commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64), prefix=np.zeros(n, dtype=np.int64),
-                     stopped=np.zeros(n, dtype=bool), cancelled=np.zeros(n, dtype=bool))
-        if self.canvas is None:
-            self.canvas, self.state, self.rows = canvas, state, rows
-        else:
-            self.canvas = self.canvas.concat(canvas)
-            self.state = self.state.concat(state)
-            self.rows = self.rows.concat(rows)
+        slots = self._take_slots(n, int(canvas.lengths.max()))
+        try:
+            rows = _Rows(requests=joining, slots=slots, nfe=np.zeros(n, dtype=np.int64),
+                         commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64),
+                         prefix=np.zeros(n, dtype=np.int64), stopped=np.zeros(n, dtype=bool),
+                         cancelled=np.zeros(n, dtype=bool))
+            if self.canvas is not None:
+                canvas, state, rows = self.canvas.concat(canvas), self.state.concat(state), self.rows.concat(rows)
+        except BaseException:
+            self._release_slots(slots)
+            raise
+        self.canvas, self.state, self.rows = canvas, state, rows
 
     def _take_slots(self, n: int, length: int) -> np.ndarray:
         """Cache rows for ``n`` joining requests (reusing released ones; the cache grows when it has to)."""
@@ -431,8 +543,15 @@ class Engine:
         self.cache.lengths[slots] = 0
         return slots
 
-    def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None) -> None:
-        """Rows ``gone`` leave the batch: their outputs are final, their cache rows are released."""
+    def _release_slots(self, slots: np.ndarray) -> None:
+        if self.cache is not None and self.method.uses_cache:
+            self.cache.lengths[slots] = 0
+            self._free = sorted(self._free + slots.tolist())
+
+    def _retire(self, gone: np.ndarray, events: list[RowEvent], reason: str | None,
+                error: BaseException | None = None) -> None:
+        """Rows ``gone`` leave the batch: their outputs are final, their cache rows are released. ``reason``: None
+        (cancelled or cut at the step cap), ``"done"`` (the method finished them) or ``"error"`` (``error``)."""
         canvas, rows = self.canvas, self.rows
         gen = canvas.gen()
         masked = gen == self.mask_id
@@ -452,13 +571,11 @@ class Engine:
             out = RequestOutput(req.request_id, req.prompt.tolist(), generated, rows.commit_step[i, :n].copy(),
                                 tokens, int(rows.nfe[i]), why)
             prefix = int(np.argmax(masked[i])) if masked[i].any() else n
-            events.append(RowEvent(req.request_id, None, prefix, self._stream(i, gen[i], prefix), True, why, out))
+            new = [] if error is not None else self._stream(i, gen[i], prefix)
+            events.append(RowEvent(req.request_id, None, prefix, new, True, why, out, error=error))
             self._known.discard(req.request_id)
             self._cancel.discard(req.request_id)
-        if self.cache is not None:
-            released = rows.slots[gone]
-            self.cache.lengths[released] = 0
-            self._free = sorted(self._free + released.tolist())
+        self._release_slots(rows.slots[gone])
         keep = np.setdiff1d(np.arange(canvas.size), gone)
         if keep.size == 0:
             self.canvas = self.state = self.rows = None
