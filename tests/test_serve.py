@@ -1,11 +1,13 @@
 """``d3llm serve`` on the shipped teacher, in a subprocess on a free loopback port, through the official ``openai``
 client and raw HTTP: completions, chat, streaming, stop strings, usage, a bounded concurrent load test against
-``d3llm.generate`` alone, every error case, cancellation on disconnect, and the engine dying."""
+``d3llm.generate`` alone, every error case, cancellation on disconnect and the access log (faults and hostile
+input: tests/test_serve_faults.py, tests/test_serve_fuzz.py)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -46,8 +48,8 @@ def server():
 @pytest.fixture(scope="module")
 def slow_server():
     """One row at a time, one waiting: vanilla decoding of 512 tokens takes seconds, long enough to disconnect
-    mid-way and to fill the queue."""
-    with launched_server(["--method", "vanilla", "--max-batch", "1", "--max-queue", "1"]) as s:
+    mid-way and to fill the queue. No access log."""
+    with launched_server(["--method", "vanilla", "--max-batch", "1", "--max-queue", "1", "--no-access-log"]) as s:
         yield s
 
 
@@ -388,6 +390,21 @@ def test_metrics_count_requests_rows_and_tokens(server):
     assert values["d3llm_engine_alive"] == 1
 
 
+def test_one_access_log_line_per_request_without_prompt_or_key(server, client, slow_server):
+    reply = client.chat.completions.create(model=MODEL, messages=chat(SHORT), max_tokens=16)
+    status, _, _ = request(server, "GET", "/v1/models", key="wrong-key")
+    assert status == 401
+    tokens = reply.usage.completion_tokens
+    lines = wait_for(lambda: [line for line in server.stderr().splitlines() if "d3llm.serve.access" in line
+                              and '"POST /v1/chat/completions" 200 ' in line], what="the access log line")
+    assert any(f" 200 {tokens} tokens " in line and line.endswith(" s") for line in lines), lines
+    assert '"GET /v1/models" 401 - tokens' in server.stderr()
+    log = server.stderr()
+    assert SHORT[:20] not in log and KEY not in log and "Bearer" not in log
+    request(slow_server, "GET", "/health", key=None)
+    assert "d3llm.serve.access" not in slow_server.stderr()  # --no-access-log
+
+
 # -- queueing and cancellation (the slow server) --------------------------------------------------------------------
 LONG = {"messages": chat(QUESTIONS[5]), "max_tokens": 512, "temperature": 0}
 
@@ -468,62 +485,18 @@ def test_a_full_queue_is_503_with_retry_after(slow_server):
              what="the queue to drain")
 
 
-# -- the engine dying (in process) ----------------------------------------------------------------------------------
-def test_health_is_503_after_the_engine_died(teacher):
-    import uvicorn
-
-    from d3llm.cli.serve import bind
-    from d3llm.serve.app import ServeConfig, Server, create_app
-
-    import torch
-
-    model = d3llm.load_model(default_model_path())
-    tokenizer = teacher[1]
-    broken = threading.Event()
-
-    def fail_when_broken(module, inputs):  # every forward path embeds its tokens first
-        if broken.is_set():
-            raise RuntimeError("injected device failure")
-
-    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    assert embeddings
-    for m in embeddings:
-        m.register_forward_pre_hook(fail_when_broken)
-    server = Server(d3llm.Engine(model), tokenizer, ServeConfig(model_name=MODEL))
-    sock = bind("127.0.0.1", 0)
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="critical", lifespan="on"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: uv.started, what="the in-process server")
-
-        class Local:
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-        status, _, body = request(Local, "POST", "/v1/chat/completions", BODY, key=None)
-        assert status == 200 and body["choices"][0]["message"]["content"]
-        broken.set()
-        status, _, body = request(Local, "POST", "/v1/chat/completions", BODY, key=None)
-        assert_error(status, body, 500, "engine_error")
-        assert "injected device failure" in body["error"]["message"]
-        status, _, body = request(Local, "GET", "/health", key=None)
-        assert_error(status, body, 503, "engine_dead")
-        status, _, body = request(Local, "POST", "/v1/chat/completions", BODY, key=None)
-        assert_error(status, body, 503, "engine_dead")
-        assert metrics(Local)["d3llm_engine_alive"] == 0
-    finally:
-        uv.should_exit = True
-        thread.join(15)
-        sock.close()
-    assert not thread.is_alive()
-
-
 def test_bad_launch_settings_are_one_line_errors():
     for args, words in ((["--threshold", "-1"], "threshold"), (["--max-batch", "0"], "--max-batch"),
                         (["--max-queue", "-1"], "--max-queue must be 0 or more"),
-                        (["--port", "99999"], "--port must be a port number from 0 to 65535")):
+                        (["--port", "99999"], "--port must be a port number from 0 to 65535"),
+                        (["--api-key", ""], "--api-key is empty"), (["--api-key", "  "], "--api-key is empty"),
+                        (["--body-timeout", "0"], "--body-timeout must be a positive number of seconds"),
+                        (["--env-key", ""], "D3LLM_API_KEY is set but empty")):
+        env = dict(os.environ)
+        if args[0] == "--env-key":
+            env["D3LLM_API_KEY"], args = args[1], []
         done = subprocess.run([sys.executable, "-m", "d3llm.cli.main", "serve", "--port", "0", *args],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("d3llm serve: error:") and words in lines[0], done.stderr

@@ -9,14 +9,16 @@ running batch and finished ones leave it. Streams carry committed text only. The
 every row shares are fixed at launch (flags, else the model folder's generation_config.json); a request sets
 max_tokens, temperature, seed, stop, stream, stream_options.include_usage and the method's per-row parameters
 (e.g. threshold) as extra body fields. With --api-key (or D3LLM_API_KEY) every endpoint but /health needs
-'Authorization: Bearer KEY'. Binds 127.0.0.1 unless --host says otherwise. Needs the serve extra:
-pip install 'd3llm[serve]'.
+'Authorization: Bearer KEY' (an empty key is refused). Binds 127.0.0.1 unless --host says otherwise. A request that
+fails is answered alone (400 or 500); if the engine thread dies, it is restarted and /health says so. One access-log
+line per request goes to stderr (--no-access-log turns it off). Needs the serve extra: pip install 'd3llm[serve]'.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -43,8 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="requests that may wait for a row; beyond, 503 with Retry-After (default: 256)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
                    help="largest request body; beyond, 413 (default: 1 MiB)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a request body may take to arrive; beyond, 408 (default: 30)")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="do not log a line per request (client, method, path, status, tokens, seconds; never a "
+                        "prompt or a key) to stderr")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                   help="uvicorn's log level (default: warning; info logs every request)")
+                   help="uvicorn's log level (default: warning); the access log is separate")
     add_model_flags(p)
     add_decoder_flags(p, seed=False, note=SERVE_NOTE)
     p.set_defaults(func=run)
@@ -76,6 +83,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def api_key_setting(flag: str | None) -> str | None:
+    """The key from ``--api-key``, else ``D3LLM_API_KEY``, else None (no authentication). An empty key, given or
+    in the environment, is an error: it would silently turn authentication off."""
+    from d3llm.errors import ConfigError
+
+    if flag is not None:
+        if not flag.strip():
+            raise ConfigError("--api-key is empty; give a non-empty key (or leave --api-key out to serve without "
+                              "authentication)")
+        return flag
+    env = os.environ.get("D3LLM_API_KEY")
+    if env is not None and not env.strip():
+        raise ConfigError("the environment variable D3LLM_API_KEY is set but empty; set a non-empty key or unset "
+                          "it to serve without authentication")
+    return env
+
+
+def log_to_stderr() -> None:
+    """The server's own loggers (the access log, request failures, engine restarts) print to stderr."""
+    logger = logging.getLogger("d3llm.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def warm_up(engine, ids: list[int]) -> None:
     """One decode (the engine's default length) before the first request, so that it does not pay the first
     forward's set-up cost."""
@@ -102,15 +137,18 @@ def run(args: argparse.Namespace) -> int:
                                                                          "a free one)")):
         if value < low or (high is not None and value > high):
             raise ConfigError(f"{flag} must be {what}, got {value}")
+    if not args.body_timeout > 0 or args.body_timeout == float("inf"):
+        raise ConfigError(f"--body-timeout must be a positive number of seconds, got {args.body_timeout}")
+    api_key = api_key_setting(args.api_key)
     folder = model_folder(args)
-    api_key = args.api_key if args.api_key is not None else os.environ.get("D3LLM_API_KEY") or None
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
     apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
-    engine = d3llm.Engine(model, args.method, max_batch=args.max_batch, **decoder_params(args))
+    engine = d3llm.Engine(model, args.method, max_batch=args.max_batch, isolate_faults=True, **decoder_params(args))
     name = args.served_model_name or Path(folder).resolve().name
     server = Server(engine, tokenizer, ServeConfig(model_name=name, api_key=api_key, max_queue=args.max_queue,
-                                                   max_body_bytes=args.max_body_bytes))
+                                                   max_body_bytes=args.max_body_bytes,
+                                                   body_timeout=args.body_timeout, access_log=args.access_log))
     warm_up(engine, d3llm.encode_prompt(tokenizer, "") if tokenizer.chat_template else tokenizer.encode("a"))
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -124,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
               f"max batch {args.max_batch}  (Ctrl-C stops)", flush=True)
 
     app = create_app(server, on_ready=ready)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("debug", "info"),
-                            timeout_graceful_shutdown=5, lifespan="on")
+    log_to_stderr()
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5,
+                            lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
     if server.worker.error is not None:
         print(f"d3llm serve: the decoding engine died: {server.worker.error!r}", file=sys.stderr)

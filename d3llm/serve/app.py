@@ -1,22 +1,31 @@
 """The HTTP layer: a FastAPI app in front of one :class:`~d3llm.serve.worker.EngineWorker`.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the model's chat template),
-``GET /health`` (503 once the engine has died), ``GET /metrics`` (Prometheus). Handlers validate a request
+``GET``/``HEAD /health`` (200 while the engine runs, with its restarts if it had to be restarted; 503 once it is
+dead for good), ``GET /metrics`` (Prometheus). Handlers validate a request
 (:mod:`d3llm.serve.protocol`), build its prompt ids, submit it to the engine thread and relay what comes back, as
 one JSON response or as server-sent events (``data: {chunk}`` lines ending with ``data: [DONE]``). Only committed
 text is ever sent (:mod:`d3llm.serve.text`).
 
 A client that goes away has its row cancelled before the next engine step: every decoding handler awaits the ASGI
 ``http.disconnect`` message itself (streaming or not), which works behind any pure-ASGI middleware. The API key
-check and the request counter are pure ASGI middlewares for that reason (Starlette's ``BaseHTTPMiddleware`` hides
-the disconnect).
+check, the request counter and the access log are pure ASGI middlewares for that reason (Starlette's
+``BaseHTTPMiddleware`` hides the disconnect).
+
+Limits at the boundary: a body larger than ``max_body_bytes`` is a 413, one that has not fully arrived after
+``body_timeout`` seconds a 408 (a client holding a request open cannot hold a handler forever); the JSON itself is
+bounded by :func:`d3llm.serve.protocol.parse_json`. One request that fails, for whatever reason, is answered alone
+(:mod:`d3llm.serve.worker`). The access log has one line per request: client, method, path, status, completion
+tokens and seconds; never a prompt, a query string or a key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import re
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +43,7 @@ from d3llm.serve.protocol import APIError, DecodeRequest, EngineFields, bad_requ
 from d3llm.serve.text import TextStream
 from d3llm.serve.worker import EngineWorker, Job
 
+access_log = logging.getLogger("d3llm.serve.access")
 OPEN_PATHS = ("/health",)  # answered without the API key
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
@@ -47,12 +57,20 @@ class ServeConfig:
         api_key: with a key, every endpoint but ``/health`` requires ``Authorization: Bearer KEY``.
         max_queue: requests that may wait for a row of the running batch (beyond: 503 with ``Retry-After``).
         max_body_bytes: the largest request body (beyond: 413).
+        body_timeout: seconds a request body may take to arrive (beyond: 408).
+        access_log: one line per request on the ``d3llm.serve.access`` logger.
     """
 
     model_name: str
     api_key: str | None = None
     max_queue: int = 256
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 30.0
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty: give a non-empty key, or none to serve without authentication")
 
 
 class Server:
@@ -65,7 +83,7 @@ class Server:
         params = engine.params.as_dict()
         per_row = tuple(engine.per_row_params)
         self.fields = EngineFields(per_row=per_row, shared={k: v for k, v in params.items() if k not in per_row},
-                                   method=engine.method_name)
+                                   method=engine.method_name, foreign=decoder_parameters() - set(params))
         self.default_max_tokens = engine.params.max_new_tokens
         self.block_size = params.get("block_size")
         self.max_length = engine.model.config.max_length
@@ -127,7 +145,7 @@ class Server:
                    text=TextStream(self.tokenizer, req.stop, limit), deliver=deliver, param_names=names)
 
     async def decode(self, request: Request, kind: str) -> JSONResponse | StreamingResponse:
-        body = protocol.parse_json(await read_body(request, self.config.max_body_bytes))
+        body = protocol.parse_json(await read_body(request, self.config.max_body_bytes, self.config.body_timeout))
         req = protocol.parse_request(body, kind, self.fields)
         if req.model is not None and req.model != self.config.model_name:
             raise unknown_model(req.model, self.config.model_name)
@@ -189,6 +207,7 @@ class Reply:
                 elif message[0] == "done":
                     self.done = True
                     _, reason, usage = message
+                    self.request.state.completion_tokens = usage["completion_tokens"]
                     return JSONResponse(protocol.completion_body(self.kind, self.job.id, self.created, self._model(),
                                                                  "".join(pieces), reason, usage))
                 elif message[0] == "error":
@@ -215,6 +234,7 @@ class Reply:
                 elif message[0] == "done":
                     self.done = True
                     _, reason, usage = message
+                    self.request.state.completion_tokens = usage["completion_tokens"]
                     yield protocol.sse(protocol.chunk_body(**chunk, text="" if self.kind != "chat" else None,
                                                            finish_reason=reason, with_usage=with_usage))
                     if with_usage:
@@ -234,20 +254,37 @@ class Reply:
                 self.server.worker.cancel(self.job.id)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` bytes (checked while reading, not only by header)."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (checked while reading, not only by header) and
+    with 408 when it has not arrived after ``timeout`` seconds."""
     declared = request.headers.get("content-length")
     too_large = APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
                          code="request_too_large")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout:g} s; send it whole, at once",
+                       code="request_timeout", headers={"Connection": "close"}) from None
+
+
+def decoder_parameters() -> frozenset[str]:
+    """Every parameter name of every decoding method."""
+    from d3llm.decoding.methods import FAMILY_METHODS, METHODS
+
+    methods = (*METHODS.values(), *FAMILY_METHODS.values())
+    return frozenset(name for method in methods for name in method.Params.names())
 
 
 def unknown_model(name: str, served: str) -> APIError:
@@ -278,6 +315,36 @@ class APIKeyMiddleware:
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class AccessLog:
+    """Pure ASGI: one line per HTTP request on the ``d3llm.serve.access`` logger, once its response is sent:
+    ``client "METHOD /path" status tokens seconds``. The completion tokens are what a decoding handler put in the
+    request's state (``-`` for other requests); prompts, query strings and headers are never logged."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state = scope.setdefault("state", {})
+        status = [0]
+
+        async def noting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            tokens = state.get("completion_tokens", "-")
+            access_log.info('%s:%s "%s %s" %s %s tokens %.3f s', client[0], client[1], scope["method"],
+                            scope["path"], status[0] or "-", tokens, time.perf_counter() - t0)
 
 
 class RequestCounter:
@@ -330,12 +397,12 @@ def create_app(server: Server, on_ready: Callable[[], None] | None = None) -> Fa
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         if not server.worker.alive:
             return error_response(APIError(503, f"the decoding engine is not running ({server.worker._death()})",
                                            code="engine_dead"))
-        return JSONResponse({"status": "ok"})
+        return JSONResponse(server.worker.health())
 
     def model_card() -> dict:
         return {"id": server.config.model_name, "object": "model", "created": server.created, "owned_by": "d3llm",
@@ -365,5 +432,7 @@ def create_app(server: Server, on_ready: Callable[[], None] | None = None) -> Fa
 
     if server.config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=server.config.api_key)
-    app.add_middleware(RequestCounter, metrics=server.metrics)  # outermost: 401s are counted too
+    app.add_middleware(RequestCounter, metrics=server.metrics)  # 401s are counted too
+    if server.config.access_log:
+        app.add_middleware(AccessLog)  # outermost: every request is logged, with its status
     return app

@@ -1,11 +1,15 @@
-"""Start ``d3llm serve`` in a subprocess on a free loopback port and stop it again (tests, benchmarks).
+"""Start a server on a free loopback port and stop it again (tests, benchmarks).
 
-    with launched_server(["--api-key", "k"]) as server:
+    with launched_server(["--api-key", "k"]) as server:     # ``d3llm serve`` in a subprocess
         server.url                      # http://127.0.0.1:PORT
         server.base_url                 # .../v1, for openai.OpenAI(base_url=...)
 
-The server binds port 0 and prints its address once it is ready; the process is always stopped on exit (SIGTERM,
-then SIGKILL after ``stop_timeout`` seconds), and its stderr is kept for error messages.
+    with served_in_thread(Server(engine, tokenizer, config)) as server:   # the app in this process
+        server.url, server.base_url, server.uvicorn
+
+The subprocess binds port 0 and prints its address once it is ready; the process is always stopped on exit
+(SIGTERM, then SIGKILL after ``stop_timeout`` seconds), and its stderr is kept for error messages. The in-process
+server runs uvicorn in a thread (so a test can reach into its engine) and is stopped on exit as well.
 """
 
 from __future__ import annotations
@@ -23,14 +27,50 @@ READY = re.compile(r"^d3llm serve: (http://\S+)/v1 ")
 
 
 @dataclass
-class LaunchedServer:
-    process: subprocess.Popen
+class ServerAddress:
     url: str
-    stderr_path: str
 
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
+
+
+@dataclass
+class InProcessServer(ServerAddress):
+    uvicorn: object
+
+
+@contextmanager
+def served_in_thread(server, *, timeout: float = 60.0):
+    """Serve ``server`` (a :class:`d3llm.serve.app.Server`) on a free loopback port from a thread of this process;
+    yield an :class:`InProcessServer`. Stopped on exit."""
+    import uvicorn
+
+    from d3llm.cli.serve import bind
+    from d3llm.serve.app import create_app
+
+    sock = bind("127.0.0.1", 0)
+    uv = uvicorn.Server(uvicorn.Config(create_app(server), log_level="critical", lifespan="on", access_log=False))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True, name="d3llm-test-server")
+    thread.start()
+    try:
+        waited = 0.0
+        while not uv.started:
+            if not thread.is_alive() or waited >= timeout:
+                raise RuntimeError("the in-process server did not start")
+            thread.join(0.02)
+            waited += 0.02
+        yield InProcessServer(f"http://127.0.0.1:{sock.getsockname()[1]}", uv)
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@dataclass
+class LaunchedServer(ServerAddress):
+    process: subprocess.Popen
+    stderr_path: str
 
     def stderr(self) -> str:
         with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
@@ -68,7 +108,7 @@ def launched_server(args: list[str], *, timeout: float = 120.0, stop_timeout: fl
                 raise RuntimeError(f"d3llm serve was not ready after {timeout:.0f} s:\n{_read(err.name)}")
             reader.join(0.1)
             waited += 0.1
-        yield LaunchedServer(process, found["url"], err.name)
+        yield LaunchedServer(url=found["url"], process=process, stderr_path=err.name)
     finally:
         if process.poll() is None:
             process.terminate()

@@ -14,7 +14,8 @@
 ``d3llm_step_duration_seconds``        one engine step (histogram)
 ``d3llm_step_rows``                    rows that ran a forward in each engine step (histogram)
 ``d3llm_cancel_delay_steps``           engine steps from a cancellation to the row leaving the batch (histogram)
-``d3llm_engine_alive``                 1 while the engine thread runs, 0 after it died
+``d3llm_engine_alive``                 1 while the engine thread runs, 0 once it is dead for good
+``d3llm_engine_restarts_total``        fresh engines started after the engine thread died
 =====================================  ========================================================================
 """
 
@@ -74,6 +75,8 @@ class ServerMetrics:
         self.cancel_delay = Histogram("d3llm_cancel_delay_steps", "Engine steps from a cancellation to the row "
                                       "leaving the batch", registry=r, buckets=(0, 1, 2, 4, 8, 16))
         self.alive = Gauge("d3llm_engine_alive", "1 while the engine thread runs", registry=r)
+        self.restarts = Counter("d3llm_engine_restarts", "Fresh engines started after the engine thread died",
+                                registry=r)
         self._step_rate, self._token_rate = RateWindow(), RateWindow()
         self._done_tokens = self._done_forwards = 0
         self._lock = threading.Lock()

@@ -16,22 +16,36 @@ ignored. The fields:
 * any other field is a 400 ``unknown_parameter``.
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}`` (as vLLM does).
+
+Bodies are bounded before and while they are parsed (:func:`parse_json`): at most :data:`MAX_JSON_DEPTH` levels of
+nesting (checked on the raw bytes, before the recursive parser runs), integer literals of at most
+:data:`MAX_INT_DIGITS` digits and floats within the float range (a longer or larger number becomes an
+:class:`OutOfRange` value, which every numeric field refuses with a 400 naming it), no ``NaN``/``Infinity``
+literals, and no lone UTF-16 surrogate in any string. The value ranges themselves (``seed`` from 0 to 2**64 - 1,
+``temperature`` 0 or from 1e-5 to 100, ``steps`` at most the canvas, finite thresholds, ...) are the engine's
+(:mod:`d3llm.decoding.params`), the one validation layer shared with ``d3llm.generate``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+MAX_JSON_DEPTH = 64  # nesting levels of a request body
+MAX_INT_DIGITS = 20  # digits of an integer literal (2**64 - 1, the largest seed, has 20)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-          413: "invalid_request_error", 500: "server_error", 503: "service_unavailable_error"}
+          408: "invalid_request_error", 413: "invalid_request_error", 500: "server_error",
+          503: "service_unavailable_error"}
 
 
 class APIError(Exception):
@@ -102,20 +116,103 @@ class EngineFields:
     per_row: tuple[str, ...]
     shared: dict[str, Any]
     method: str
+    # parameters of the other decoding methods (asking for one is a 400 that names this method's own)
+    foreign: frozenset[str] = frozenset()
     # per-row engine parameters a request sets through an OpenAI field instead
     openai_names: dict[str, str] = field(default_factory=lambda: {"max_new_tokens": "max_tokens",
                                                                   "temperature": "temperature"})
 
 
+class OutOfRange:
+    """A JSON number no field takes: an integer literal longer than :data:`MAX_INT_DIGITS` digits, or a float
+    beyond the float range. Kept as its literal (never converted), so that the field it was sent in is named."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+    def __repr__(self) -> str:
+        head = self.literal if len(self.literal) <= 24 else self.literal[:20] + "..."
+        return f"{head} (a number of {len(self.literal)} characters, beyond range)"
+
+
+class _NonJSONConstant(ValueError):
+    pass
+
+
+def _parse_int(literal: str) -> int | OutOfRange:
+    return OutOfRange(literal) if len(literal.lstrip("-")) > MAX_INT_DIGITS else int(literal)
+
+
+def _parse_float(literal: str) -> float | OutOfRange:
+    value = float(literal)
+    return value if math.isfinite(value) else OutOfRange(literal)
+
+
+def _parse_constant(name: str):
+    raise _NonJSONConstant(name)
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string literal (unrolled: linear time)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw`` (brackets inside strings do not count), without
+    parsing it."""
+    data = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
+    if not data.size:
+        return 0
+    steps = np.isin(data, _OPEN).astype(np.int32) - np.isin(data, _CLOSE)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def parse_json(raw: bytes) -> dict:
-    """The request body as a JSON object, else a 400."""
+    """The request body as a JSON object, else a 400 (see the module docstring for the bounds)."""
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise bad_request(f"the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed",
+                          code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except _NonJSONConstant as exc:
+        raise bad_request(f"the request body holds {exc}, which is not a JSON value (JSON has no NaN or Infinity)",
+                          code="invalid_json") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # the depth check bounds nesting; this is the last line of defence
+        raise bad_request("the request body nests too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    for key, value in body.items():
+        _check_strings(key, "a field name", None)
+        _check_strings(value, key, key)
     return body
+
+
+def _check_strings(value: Any, where: str, param: str | None) -> None:
+    """Every string of ``value`` must be encodable as UTF-8 (a lone surrogate such as ``"\\ud800"`` is not)."""
+    if isinstance(value, str):
+        bad = _SURROGATE.search(value)
+        if bad:
+            raise bad_request(f"{where} holds the lone UTF-16 surrogate \\u{ord(bad.group()):04x} at character "
+                              f"{bad.start()}, which is not text; send a valid surrogate pair or the character "
+                              f"itself", param=param)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_strings(item, f"{where}[{i}]", param)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, f"a key of {where}", param)
+            _check_strings(item, f"{where}.{key}", param)
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A request value as JSON, shortened for an error message."""
+    if isinstance(value, OutOfRange):
+        return repr(value)
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(v: Any) -> bool:
@@ -123,15 +220,19 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _check_neutral(name: str, value: Any) -> None:
     if value is None or value in NEUTRAL[name]:
         return
-    shown = json.dumps(value)[:80]
     allowed = " or ".join(json.dumps(v) for v in NEUTRAL[name]) or "null"
-    raise bad_request(f"'{name}'={shown} is not supported by this server (a diffusion decoder without that option); "
+    raise bad_request(f"'{name}'={shown(value)} is not supported by this server (a diffusion decoder without that option); "
                       f"omit it or send {allowed}", param=name, code="unsupported_parameter")
 
 
@@ -155,6 +256,11 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
                               f"{fields.shared[name]!r}) and cannot be set per request; per-request decoder "
                               f"fields: {decoder_fields}",
                               param=name, code="unsupported_parameter")
+        elif name in fields.foreign:
+            raise bad_request(f"'{name}' is not a parameter of {fields.method}, the decoding method of this server; "
+                              f"its per-request decoder fields: {decoder_fields} (besides the OpenAI fields "
+                              f"{', '.join(fields.openai_names.values())} and seed)", param=name,
+                              code="unsupported_parameter")
         elif name == "method":
             raise bad_request(f"the decoding method is fixed when the server starts ({fields.method}); start a "
                               f"server with --method to use another", param=name, code="unsupported_parameter")
@@ -165,24 +271,24 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
 
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise bad_request(f"'model' must be a string, got {json.dumps(model)[:80]}", param="model")
+        raise bad_request(f"'model' must be a string, got {shown(model)}", param="model")
     req.model = model
     req.max_tokens = _max_tokens(body, kind)
     temperature = body.get("temperature")
     if temperature is not None and (not _is_number(temperature) or temperature < 0):
-        raise bad_request(f"'temperature' must be a number >= 0, got {json.dumps(temperature)[:80]}",
+        raise bad_request(f"'temperature' must be a number >= 0, got {shown(temperature)}",
                           param="temperature")
     req.temperature = None if temperature is None else float(temperature)
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
-        raise bad_request(f"'seed' must be an integer, got {json.dumps(seed)[:80]}", param="seed")
+        raise bad_request(f"'seed' must be an integer, got {shown(seed)}", param="seed")
     req.seed = seed
     req.stop = _stop(body.get("stop"))
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise bad_request(f"'stream' must be true or false, got {json.dumps(stream)[:80]}", param="stream")
+        raise bad_request(f"'stream' must be true or false, got {shown(stream)}", param="stream")
     req.stream = stream
     req.include_usage = _stream_options(body.get("stream_options"), stream)
     if kind == "chat":
@@ -195,11 +301,11 @@ def parse_request(body: dict, kind: str, fields: EngineFields) -> DecodeRequest:
 def _max_tokens(body: dict, kind: str) -> int | None:
     names = ["max_tokens"] + (["max_completion_tokens"] if kind == "chat" else [])
     given = {n: body[n] for n in names if body.get(n) is not None}
-    if len(given) > 1 and len(set(map(json.dumps, given.values()))) > 1:
+    if len(given) > 1 and len(set(map(shown, given.values()))) > 1:
         raise bad_request("'max_tokens' and 'max_completion_tokens' differ; send one of them", param="max_tokens")
     for name, value in given.items():
         if not _is_int(value) or value < 1:
-            raise bad_request(f"'{name}' must be an integer >= 1, got {json.dumps(value)[:80]}", param=name)
+            raise bad_request(f"'{name}' must be an integer >= 1, got {shown(value)}", param=name)
         return value
     return None
 
@@ -209,7 +315,7 @@ def _stop(value: Any) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise bad_request(f"'stop' must be a string or a list of strings, got {json.dumps(value)[:80]}", param="stop")
+        raise bad_request(f"'stop' must be a string or a list of strings, got {shown(value)}", param="stop")
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"'stop' has {len(stops)} strings; at most {MAX_STOP_STRINGS} are allowed", param="stop")
     for s in stops:
@@ -226,7 +332,7 @@ def _stream_options(value: Any, stream: bool) -> bool:
         raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
     if not isinstance(value, dict) or set(value) - {"include_usage"}:
         raise bad_request(f"'stream_options' must be an object with the key include_usage, got "
-                          f"{json.dumps(value)[:80]}", param="stream_options")
+                          f"{shown(value)}", param="stream_options")
     usage = value.get("include_usage", False)
     if not isinstance(usage, bool):
         raise bad_request("'stream_options.include_usage' must be true or false", param="stream_options")
@@ -247,7 +353,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
                               f"{', '.join(MESSAGE_KEYS)}", param="messages")
         role = message.get("role")
         if role not in ROLES:
-            raise bad_request(f"{where}.role is {json.dumps(role)[:40]}; expected one of {', '.join(ROLES)}",
+            raise bad_request(f"{where}.role is {shown(role, 40)}; expected one of {', '.join(ROLES)}",
                               param="messages")
         content = message.get("content")
         if isinstance(content, list):  # content parts: text only

@@ -14,13 +14,23 @@ batch in that step. The thread blocks on the inbox while the engine is idle. Mes
 ``deliver`` callable (thread-safe: the server passes ``loop.call_soon_threadsafe`` onto an ``asyncio.Queue``):
 
 ``("accepted",)``, ``("rejected", APIError)``, ``("text", str)``, ``("done", finish_reason, usage)``,
-``("error", APIError)`` (the engine died).
+``("error", APIError)``.
+
+Faults stay with the request that caused them. The engine runs with fault isolation (:class:`d3llm.Engine`,
+``isolate_faults``): a row that raises while it joins or decodes finishes alone, and its handler gets an ``error``
+(400 ``invalid_parameter`` for a :class:`~d3llm.errors.GenerationError`, else 500 ``internal_error``); the other
+rows go on. Should the engine thread die anyway (an exception outside a row's step), every request it held gets a
+500 ``engine_error`` (never a hang), and the worker starts a fresh engine on the same model with the same settings
+(``d3llm_engine_restarts_total``; ``/health`` reports the last failure). Requests still in the inbox are decoded by
+the new engine. More than :data:`MAX_RESTARTS` deaths within :data:`RESTART_WINDOW_S` seconds leave the worker
+dead: every request is then answered 503 until the server is restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +44,8 @@ from d3llm.serve.text import TextStream
 
 log = logging.getLogger("d3llm.serve")
 _STOP = object()
+MAX_RESTARTS = 5  # engine deaths tolerated within RESTART_WINDOW_S before the worker gives up
+RESTART_WINDOW_S = 60.0
 
 
 @dataclass
@@ -72,10 +84,14 @@ class EngineWorker:
     """
 
     def __init__(self, engine, metrics: ServerMetrics, max_queue: int = 256) -> None:
+        engine.isolate_faults = True
         self.engine = engine
         self.metrics = metrics
         self.capacity = (engine.max_batch or 1 << 30) + max_queue
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # what killed the worker for good
+        self.last_failure: str | None = None  # the last engine death it recovered from
+        self.restarts = 0
+        self._deaths: list[float] = []
         self.steps = 0  # engine.step() calls (steps whose rows all left without a forward count too)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[str, Job] = {}  # engine thread only
@@ -121,32 +137,68 @@ class EngineWorker:
         self._inbox.put(("cancel", job_id))
 
     def _death(self) -> str:
-        return f"{type(self.error).__name__}: {self.error}" if self.error is not None else "stopped"
+        return describe(self.error) if self.error is not None else "stopped"
+
+    def health(self) -> dict:
+        """What ``/health`` reports while the worker runs: restarts and the last failure it recovered from."""
+        out: dict[str, Any] = {"status": "ok"}
+        if self.restarts:
+            out.update(engine_restarts=self.restarts, last_engine_failure=self.last_failure)
+        return out
 
     # -- the engine thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            while True:
-                if not self._apply_inbox(block=not self.engine.has_work):
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # the engine is in an unknown state: fail what it held, start a new one
+                log.exception("the decoding engine died")
+                failure = APIError(500, f"the decoding engine failed while decoding this request ({describe(exc)}); "
+                                        f"it was restarted: retry the request", code="engine_error")
+                for job in list(self._jobs.values()):
+                    self._end(job, "error")
+                    job.deliver(("error", failure))
+                self._cancelled_at.clear()
+                if not self._restart(exc):
+                    self._fail_inbox(APIError(500, f"the decoding engine failed ({describe(exc)})",
+                                              code="engine_error"))
                     return
-                if self.engine.has_work:
-                    t0 = time.perf_counter()
-                    events = self.engine.step()
-                    self.steps += 1
-                    for event in events:
-                        self._on_event(event)
-                    active = self.engine.num_active
-                    rows = len(self.engine.stats.last_positions)  # rows that ran a forward in this step
-                    self.metrics.step(time.perf_counter() - t0, rows, active, max(self._in_flight - active, 0))
-        except BaseException as exc:  # the engine is in an unknown state: fail every request, refuse new ones
+
+    def _restart(self, exc: BaseException) -> bool:
+        """A fresh engine after ``exc`` killed the last one; False (the worker is dead) when it cannot be made or
+        engines die too often."""
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if t > now - RESTART_WINDOW_S] + [now]
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or len(self._deaths) > MAX_RESTARTS:
             self.error = exc
+        else:
+            try:
+                self.engine = self.engine.fresh()
+            except Exception as failed:  # e.g. out of memory: nothing left to decode with
+                log.exception("the decoding engine could not be restarted")
+                self.error = failed
+        if self.error is not None:
             self.metrics.alive.set(0)
-            log.exception("the decoding engine died")
-            failure = APIError(500, f"the decoding engine failed: {type(exc).__name__}: {exc}", code="engine_error")
-            for job in list(self._jobs.values()):
-                self._end(job, "error")
-                job.deliver(("error", failure))
-            self._fail_inbox(failure)
+            return False
+        self.restarts += 1
+        self.last_failure = describe(exc)
+        self.metrics.restarts.inc()
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            if not self._apply_inbox(block=not self.engine.has_work):
+                return
+            if self.engine.has_work:
+                t0 = time.perf_counter()
+                events = self.engine.step()
+                self.steps += 1
+                for event in events:
+                    self._on_event(event)
+                active = self.engine.num_active
+                rows = len(self.engine.stats.last_positions)  # rows that ran a forward in this step
+                self.metrics.step(time.perf_counter() - t0, rows, active, max(self._in_flight - active, 0))
 
     def _apply_inbox(self, block: bool) -> bool:
         """Apply the waiting commands (waiting for one when ``block``). False when asked to stop."""
@@ -181,21 +233,30 @@ class EngineWorker:
     def _add(self, job: Job) -> None:
         try:
             self.engine.add_request(job.prompt, request_id=job.id, seed=job.seed, **job.params)
-        except GenerationError as exc:
+        except Exception as exc:  # a bad request (400), or a fault of its own (500): it alone is refused
             with self._lock:
                 self._in_flight -= 1
-            job.deliver(("rejected", APIError(400, str(exc), code="invalid_parameter",
-                                              param=self._blame(str(exc), job))))
+            job.deliver(("rejected", self._request_error(exc, job)))
             return
         self._jobs[job.id] = job
         self.metrics.prompt_tokens.inc(len(job.prompt))
         job.deliver(("accepted",))
 
+    def _request_error(self, exc: BaseException, job: Job) -> APIError:
+        """The answer to a request that failed on its own: 400 naming the field its values broke, else 500."""
+        if isinstance(exc, GenerationError):
+            return APIError(400, str(exc), code="invalid_parameter", param=self._blame(str(exc), job))
+        log.error("request %s failed: %s", job.id, describe(exc), exc_info=exc)
+        return APIError(500, f"decoding this request failed ({describe(exc)}); the server goes on serving other "
+                             f"requests", code="internal_error")
+
     @staticmethod
     def _blame(message: str, job: Job) -> str | None:
-        """The request field an engine error message is about (the engine names its parameters)."""
-        hits = [f for name, f in job.param_names.items() if f"{name}" in message]
-        return hits[0] if len(hits) == 1 else None
+        """The request field an engine error message is about: the first of the request's parameters it names (the
+        engine's messages start with the value at fault, ``"fast_dllm: steps must be ... max_new_tokens=48"``)."""
+        found = [(m.start(), f) for name, f in job.param_names.items()
+                 if (m := re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", message))]
+        return min(found)[1] if found else None
 
     def _cancel(self, job_id: str) -> None:
         job = self._jobs.get(job_id)
@@ -219,6 +280,10 @@ class EngineWorker:
             if event.finished and event.request_id in self._cancelled_at:
                 self.metrics.cancel_delay.observe(self.steps - self._cancelled_at.pop(event.request_id))
             return
+        if event.error is not None:  # this row alone raised (fault isolation)
+            self._end(job, "error")
+            job.deliver(("error", self._request_error(event.error, job)))
+            return
         taken = len(job.text.tokens)
         delta = job.text.push(event.new_tokens)
         if event.finished and not job.text.finished:
@@ -239,3 +304,9 @@ class EngineWorker:
         tokens = job.text.completion_tokens()
         self._end(job, reason, nfe, tokens)
         job.deliver(("done", reason, usage(len(job.prompt), tokens, nfe)))
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line and short enough for an error body."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(exc).__name__
