@@ -16,6 +16,7 @@ import numpy as np
 
 from d3llm.distill import store
 from d3llm.distill.store import TrajectoryError
+from d3llm.files import atomic_write_text
 
 LLADA_MASK_ID = 126336
 FIELDS = ("idx", "prompt_ids", "trajectory", "final_output")
@@ -95,7 +96,6 @@ def import_reference(file, out, teacher=None, mask_id: int | None = None) -> dic
 def export_reference(folder, out) -> int:
     """Write the trajectory folder's records as a JSON list of reference rows; returns the row count."""
     from d3llm.distill.extract import boxed_answer
-    from d3llm.models.checkpoint import atomic_write_text
 
     traj = store.read_trajectories(folder)
     rows = []

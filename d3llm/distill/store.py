@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from d3llm.errors import D3LLMError
+from d3llm.files import atomic_write, atomic_write_text
 from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
@@ -114,21 +115,17 @@ def _schema():
 
 def write_shard(file: Path, rows: list[dict]) -> dict:
     """Write ``rows`` (dicts with :data:`COLUMNS`) as one Parquet file, atomically; returns its size and SHA-256."""
-    from d3llm.models.checkpoint import _atomic_write
-
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMNS} for row in rows], schema=_schema())
     file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(file, lambda p: pq.write_table(table, str(p), compression="zstd"))
+    atomic_write(file, lambda p: pq.write_table(table, str(p), compression="zstd"))
     return {"file": f"{SHARDS}/{file.name}", "rows": len(rows), "size": file.stat().st_size,
             "sha256": sha256_file(file)}
 
 
 def write_json(file: Path, obj: dict) -> None:
-    from d3llm.models.checkpoint import atomic_write_text
-
     file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, json.dumps(obj, indent=2) + "\n")
 

@@ -4,8 +4,9 @@ A folder holds ``config.json`` and either ``model.safetensors`` or shards named 
 (plus tokenizer files, and often remote modeling code, which is never imported). Legacy pickle weights
 (``pytorch_model.bin``) are read with ``torch.load(weights_only=True)`` only, which refuses anything but tensors.
 
-Writes are atomic: every file is written to a temporary name in the target folder and renamed into place, the
-config last, so an interrupted save never leaves a folder that loads with mixed or truncated weights.
+Writes are atomic (:func:`d3llm.files.atomic_write`): every file is written to a temporary name in the target folder
+and renamed into place, the config last, so an interrupted save never leaves a folder that loads with mixed or
+truncated weights.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
+from d3llm.files import atomic_write, atomic_write_text
 from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
 from d3llm.models.configs import DreamConfig, LlamaConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
@@ -38,6 +40,9 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
+
+#: the files :func:`save_model` may write into a folder (besides weight shards)
+MODEL_FILES = (CONFIG_NAME, SAFE_WEIGHTS, SAFE_INDEX, GENERATION_CONFIG_NAME, *TOKENIZER_FILES)
 
 MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM, "llama": LlamaLM}
 
@@ -279,35 +284,6 @@ def _parse_size(size: int | str) -> int:
     return int(text)
 
 
-def _creation_mode() -> int:
-    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
-    umask = os.umask(0o22)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``target`` (same folder, so rename is atomic).
-
-    The file gets the permissions a plain ``open()`` would give it under the user's umask (the temporary file's
-    private 0600 would otherwise survive the rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _creation_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    _atomic_write(Path(target), lambda p: p.write_text(text, encoding="utf-8"))
-
-
 def save_model(
     model: DiffusionLM,
     path: str | os.PathLike,
@@ -351,13 +327,13 @@ def save_model(
     old_files = set(p.name for p in folder.glob("model*.safetensors")) | {SAFE_INDEX}
     written: set[str] = set()
     if len(shards) == 1:
-        _atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
+        atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
         written.add(SAFE_WEIGHTS)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+            atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
             written.add(name)
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in state.values())
@@ -394,7 +370,7 @@ def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 data = (src / name).read_bytes()
-                _atomic_write(folder / name, lambda p, d=data: p.write_bytes(d))
+                atomic_write(folder / name, lambda p, d=data: p.write_bytes(d))
         return
     if tokenizer is not None:
         if not hasattr(tokenizer, "save_pretrained"):
@@ -406,4 +382,4 @@ def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:
             for file in Path(tmp).iterdir():
                 if file.is_file():
                     data = file.read_bytes()
-                    _atomic_write(folder / file.name, lambda p, d=data: p.write_bytes(d))
+                    atomic_write(folder / file.name, lambda p, d=data: p.write_bytes(d))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from d3llm.errors import CheckpointError
+from d3llm.files import atomic_write_text
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 METHOD_ONLY_KEYS = frozenset({"threshold"})  # its meaning differs between methods
@@ -98,8 +99,6 @@ class GenerationConfig:
         return json.dumps(self.values, indent=2) + "\n"
 
     def save(self, folder: str | os.PathLike) -> Path:
-        from d3llm.models.checkpoint import atomic_write_text
-
         file = Path(folder) / GENERATION_CONFIG_NAME
         atomic_write_text(file, self.to_json())
         return file

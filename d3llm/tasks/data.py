@@ -152,7 +152,7 @@ def load_dataset(spec: str, default_split: str = "train", size: int | None = Non
 
 def write_jsonl(path: str | os.PathLike, examples) -> Path:
     """Write examples (or :class:`~d3llm.tasks.arith.Problem` rows) as a JSONL file the loader reads back."""
-    from d3llm.models.checkpoint import atomic_write_text
+    from d3llm.files import atomic_write_text
 
     lines = []
     for ex in examples:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from d3llm.errors import CheckpointError
-from d3llm.models.checkpoint import _atomic_write, atomic_write_text
+from d3llm.files import atomic_write, atomic_write_text
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -118,10 +118,10 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.o
     try:
         save_model(model, tmp / MODEL_DIR, tokenizer=tokenizer_dir)
         opt_state = optimizer.state_dict()
-        _atomic_write(tmp / OPTIMIZER, lambda p: torch.save(opt_state, p))
+        atomic_write(tmp / OPTIMIZER, lambda p: torch.save(opt_state, p))
         if extra:
             tensors = {k: v.detach().cpu().contiguous() for k, v in extra.items()}
-            _atomic_write(tmp / EXTRA, lambda p: save_file(tensors, str(p)))
+            atomic_write(tmp / EXTRA, lambda p: save_file(tensors, str(p)))
         atomic_write_text(tmp / STATE, json.dumps({**state, "step": step, "format": FORMAT_VERSION}, indent=2) + "\n")
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):

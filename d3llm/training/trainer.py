@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from d3llm.errors import ConfigError
+from d3llm.files import atomic_write_text, check_output_file
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
 from d3llm.training.config import LoopConfig, TrainConfig
@@ -31,6 +32,9 @@ from d3llm.training.objective import Objective
 from d3llm.training.sft import DataStream, MaskedDiffusionObjective
 
 __all__ = ["DataStream", "LoopConfig", "Objective", "TrainConfig", "lr_at", "train"]
+
+LOG_NAME = "train_log.jsonl"
+SUMMARY_NAME = "training.json"
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -105,11 +109,13 @@ def train(cfg: LoopConfig, objective: Objective | None = None) -> Path:
 
 
 def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
-    from d3llm.models.checkpoint import atomic_write_text, save_model
+    from d3llm.models.checkpoint import MODEL_FILES, save_model
 
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
+    for name in (LOG_NAME, SUMMARY_NAME, *MODEL_FILES):  # before any work: a device or FIFO there is refused
+        check_output_file(out / name)
     distm.set_threads(info, cfg.threads)
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world_size} processes")
@@ -164,7 +170,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     progress.log(f"training {base.config.describe() if hasattr(base.config, 'describe') else type(base).__name__} "
                  f"({base.num_parameters():,} parameters) on {objective.data_name} with {info.world_size} "
                  f"process(es), global batch {cfg.batch_size}, {cfg.steps} steps")
-    log_file = out / "train_log.jsonl"
+    log_file = out / LOG_NAME
 
     def record(entry: dict) -> None:
         history.append(entry)
@@ -245,7 +251,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
                    "wall_time_s": time.perf_counter() - t_start, "resumed_from_step": start_step,
                    "torch": torch.__version__, **objective.summary(),
                    "final": {k: v for e in history[-3:] for k, v in e.items()}}
-        atomic_write_text(out / "training.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         progress.log(f"wrote the trained model to {out}")
     distm.barrier(info)
     return out

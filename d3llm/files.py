@@ -1,0 +1,89 @@
+"""Writing the project's files, with errors that name the file and say what is wrong with it.
+
+Writing (:func:`atomic_write`, :func:`atomic_write_text`): every output is written to a temporary file beside its
+target, synced, and renamed onto the target, so no reader ever sees a partial file. Before anything is written,
+:func:`check_output_file` refuses a target that exists and is not a regular file (a device, a FIFO, a socket, a
+folder): the rename would replace it. A symlink is written through: the temporary file is made beside the file it
+points to and renamed onto that file, so the link stays a link.
+
+No torch import here: the command-line parser uses this module.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from d3llm.errors import WriteError
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# writing
+# ------------------------------------------------------------------------------------------------------------------
+
+def check_output_file(path: str | os.PathLike, flag: str | None = None) -> Path:
+    """The file to write for the output path ``path``: ``path`` itself, or the file a symlink points to.
+
+    Raises :class:`~d3llm.errors.WriteError` when that file exists and is not a regular file (a folder, a device,
+    a FIFO, a socket), which writing by rename would replace. ``flag`` (e.g. ``"--out"``) prefixes the path in the
+    message. Nothing is written."""
+    given = Path(path).expanduser()
+    label = f"{flag} {path}" if flag else str(given)
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
+    where = f"{label} is a symlink to {target}, which" if target != given else label
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise WriteError(given, exc.strerror or str(exc), message=f"cannot write {label}: {exc.strerror or exc}",
+                         errno=exc.errno) from None
+    if stat.S_ISREG(mode):
+        return target
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    if stat.S_ISDIR(mode):
+        message = f"{where} is a folder; expected a file path"
+    else:
+        message = (f"{where} is {kind}, not a regular file; d3llm writes its output to a new file and renames it "
+                   f"into place, which would replace it: choose a file path")
+    raise WriteError(given, f"it is {kind}", message=message)
+
+
+def _creation_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0o22)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``target`` (beside its target, for a symlink), then
+    rename it onto the file; returns the path written.
+
+    The output path is checked first (:func:`check_output_file`). The file gets the permissions a plain ``open()``
+    would give it under the user's umask (the temporary file's private 0600 would otherwise survive the rename).
+    On any failure the temporary file is removed."""
+    real = check_output_file(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _creation_mode())
+        os.replace(tmp, real)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return real
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``target`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(target, lambda p: p.write_text(text, encoding="utf-8"))
