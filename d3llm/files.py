@@ -1,4 +1,8 @@
-"""Writing the project's files, with errors that name the file and say what is wrong with it.
+"""Reading and writing the project's files, with errors that name the file and say what is wrong with it.
+
+Reading (:func:`read_text`, :func:`read_json`, :func:`decode_utf8`, :func:`parse_json`): a file that cannot be
+read, is not UTF-8 or is not valid JSON becomes the caller's :class:`~d3llm.errors.D3LLMError` subclass naming
+the file and the place (byte offset, line and column), never a bare ``UnicodeDecodeError`` or ``JSONDecodeError``.
 
 Writing (:func:`atomic_write`, :func:`atomic_write_text`): every output is written to a temporary file beside its
 target, synced, and renamed onto the target, so no reader ever sees a partial file. Before anything is written,
@@ -11,16 +15,59 @@ No torch import here: the command-line parser uses this module.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from d3llm.errors import WriteError
+from d3llm.errors import ConfigError, D3LLMError, WriteError
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------------------------
+
+def decode_utf8(data: bytes, source: str | os.PathLike, error: type[D3LLMError] = ConfigError, *,
+                offset: int = 0, line: int = 1) -> str:
+    """``data`` decoded as UTF-8; bytes that are not UTF-8 raise ``error`` naming ``source``, the byte, its offset
+    and its line. ``offset`` and ``line`` say where ``data`` starts in the file (for files read line by line)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = offset + exc.start
+        at_line = line + data.count(b"\n", 0, exc.start)
+        raise error(f"{source} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {at} (line {at_line}) "
+                    f"cannot be decoded ({exc.reason}); save the file as UTF-8") from None
+
+
+def read_text(path: str | os.PathLike, error: type[D3LLMError] = ConfigError) -> str:
+    """The UTF-8 text of ``path``; an unreadable or non-UTF-8 file raises ``error`` naming the file."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{file} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {file}: {exc.strerror or exc}") from None
+    return decode_utf8(data, file, error)
+
+
+def parse_json(text: str, source: str | os.PathLike, error: type[D3LLMError] = ConfigError) -> Any:
+    """``text`` parsed as JSON; invalid JSON raises ``error`` naming ``source``, the line and the column."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+def read_json(path: str | os.PathLike, error: type[D3LLMError] = ConfigError) -> Any:
+    """The parsed JSON content of ``path`` (see :func:`read_text` and :func:`parse_json` for the errors)."""
+    return parse_json(read_text(path, error), path, error)
 
 
 # ------------------------------------------------------------------------------------------------------------------

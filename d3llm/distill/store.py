@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from d3llm.errors import D3LLMError
-from d3llm.files import atomic_write, atomic_write_text
+from d3llm.files import atomic_write, atomic_write_text, read_json as read_json_file
 from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
@@ -131,12 +131,12 @@ def write_json(file: Path, obj: dict) -> None:
 
 
 def read_json(file: Path, what: str) -> dict:
+    if not Path(file).exists():
+        raise TrajectoryError(f"{file} does not exist; expected the {what}")
     try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrajectoryError(f"{file} does not exist; expected the {what}") from None
-    except json.JSONDecodeError as exc:
-        raise TrajectoryError(f"{file} is not valid JSON ({exc}); expected the {what}") from None
+        data = read_json_file(file, TrajectoryError)
+    except TrajectoryError as exc:
+        raise TrajectoryError(f"{exc}; expected the {what}") from None
     if not isinstance(data, dict):
         raise TrajectoryError(f"{file}: expected a JSON object (the {what}), got {type(data).__name__}")
     return data

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from d3llm.errors import ConfigError, D3LLMError
-from d3llm.files import atomic_write, atomic_write_text
+from d3llm.files import atomic_write, atomic_write_text, read_json
 
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
@@ -302,10 +302,7 @@ def read_sweep_results(path: str | os.PathLike) -> dict:
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"sweep results '{file}' do not exist; expected the sweep.json that `d3llm sweep` writes")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(file, ConfigError)
     if not isinstance(data, dict) or data.get("kind") != RESULTS_KIND:
         raise ConfigError(f"{file}: not the results of `d3llm sweep` (expected \"kind\": \"{RESULTS_KIND}\")")
     for key in ("task", "points", "curves"):

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
-from d3llm.files import atomic_write, atomic_write_text
+from d3llm.files import atomic_write, atomic_write_text, read_json
 from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
 from d3llm.models.configs import DreamConfig, LlamaConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
@@ -93,15 +93,6 @@ def _folder(path: str | os.PathLike) -> Path:
     return folder
 
 
-def _read_json(file: Path) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {file}: {exc}") from None
-
-
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream and Llama)."""
     folder = _folder(path)
@@ -111,12 +102,13 @@ def load_config(path: str | os.PathLike) -> ModelConfig:
             f"{file} not found: a model folder needs {CONFIG_NAME} and {SAFE_WEIGHTS} (or {SAFE_INDEX})"
         )
     try:
-        config = config_from_dict(_read_json(file), source=str(file))
+        config = config_from_dict(read_json(file, CheckpointError), source=str(file))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     gen_file = folder / GENERATION_CONFIG_NAME
     if isinstance(config, (DreamConfig, LlamaConfig)) and gen_file.is_file():
-        eos = _read_json(gen_file).get("eos_token_id")
+        generation = read_json(gen_file, CheckpointError)
+        eos = generation.get("eos_token_id") if isinstance(generation, dict) else None  # GenerationConfig checks it
         if isinstance(eos, list):  # several stop ids: the first is the end-of-text id used for early stop
             eos = eos[0] if eos else None
         if isinstance(eos, int) and eos != config.eos_token_id:
@@ -143,7 +135,7 @@ def weight_files(folder: Path) -> tuple[str, dict[str, Path]]:
 
 
 def _index_map(folder: Path, index: Path) -> dict[str, Path]:
-    data = _read_json(index)
+    data = read_json(index, CheckpointError)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: key 'weight_map' is missing or empty; expected {{tensor name: shard file}}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d3llm.errors import ConfigError
+from d3llm.files import decode_utf8
 from d3llm.tasks.arith import SPLITS, make_problem
 from d3llm.tasks.scoring import reference_answer
 
@@ -90,10 +91,13 @@ class ListDataset:
 
 
 def iter_jsonl(file: Path):
-    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not a JSON object is a
-    ConfigError naming the file and line."""
-    with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not UTF-8 or not a JSON
+    object is a ConfigError naming the file and line."""
+    with open(file, "rb") as fh:
+        offset = 0
+        for lineno, raw in enumerate(fh, start=1):
+            line = decode_utf8(raw, file, ConfigError, offset=offset, line=lineno)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from d3llm.errors import CheckpointError
-from d3llm.files import atomic_write, atomic_write_text
+from d3llm.files import atomic_write, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -156,11 +156,13 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it is incomplete or was not written by "
                               f"d3llm train; {hint}")
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        manifest = read_json(manifest_file, CheckpointError)
         files = manifest["files"]
         if not isinstance(files, dict) or not files:
             raise ValueError("no files listed")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{manifest_file} is corrupted ({exc}); {hint}") from None
     for rel, meta in files.items():
         file = folder / rel
@@ -199,8 +201,13 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[Any, dict, d
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
         raise CheckpointError(f"{folder / OPTIMIZER}: cannot load the optimizer state with weights_only=True "
                               f"({str(exc).splitlines()[0]})") from None
-    try:
-        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{folder / STATE} is not valid JSON: {exc}") from None
-    return model, opt_state, state
+    return model, opt_state, read_state(folder)
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """The ``trainer_state.json`` of a checkpoint (step, options, history, the log's running window)."""
+    file = Path(path) / STATE
+    state = read_json(file, CheckpointError)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{file}: expected a JSON object with an integer 'step'")
+    return state
