@@ -26,9 +26,11 @@ class AUPError(D3LLMError, ValueError):
 
 
 class WriteError(D3LLMError, OSError):
-    """An output cannot be written: its path is not a regular file (a device, a FIFO, a folder).
+    """An output cannot be written: its path is not a regular file (a device, a FIFO, a folder), or the system
+    refused the write (read-only file system, full disk, no permission). No partial file is left behind.
 
-    ``path`` is the output path, ``reason`` the cause, ``errno`` the OS error number when there is one."""
+    ``path`` is the output path, ``reason`` the cause (e.g. ``No space left on device``), ``errno`` the OS error
+    number when there is one."""
 
     def __init__(self, path, reason: str, *, message: str | None = None, errno: int | None = None):
         self.message = message or f"cannot write {path}: {reason}"

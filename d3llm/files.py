@@ -8,15 +8,21 @@ Writing (:func:`atomic_write`, :func:`atomic_write_text`): every output is writt
 target, synced, and renamed onto the target, so no reader ever sees a partial file. Before anything is written,
 :func:`check_output_file` refuses a target that exists and is not a regular file (a device, a FIFO, a socket, a
 folder): the rename would replace it. A symlink is written through: the temporary file is made beside the file it
-points to and renamed onto that file, so the link stays a link.
+points to and renamed onto that file, so the link stays a link. A write that the system refuses (read-only file
+system, full disk, no permission) is a :class:`~d3llm.errors.WriteError` naming the file and the cause, and the
+temporary file is removed. :func:`write_failure` recognises the exceptions libraries raise for such a refusal
+(safetensors' ``I/O error ... (os error 28)``, ``torch.save``'s ``unexpected pos``).
 
 No torch import here: the command-line parser uses this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -24,8 +30,12 @@ from typing import Any, Callable
 
 from d3llm.errors import ConfigError, D3LLMError, WriteError
 
+#: a failed write that leaves less free space than this (bytes) in its file system is taken for a full disk
+FULL_DISK_MARGIN = 1 << 20
+
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors, tokenizers) print io errors
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -102,6 +112,42 @@ def check_output_file(path: str | os.PathLike, flag: str | None = None) -> Path:
     raise WriteError(given, f"it is {kind}", message=message)
 
 
+def write_failure(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """The system's refusal behind ``exc``, raised while writing ``path``, as an :class:`OSError`; None when
+    ``exc`` is not a write failure.
+
+    Recognised, in this order: an :class:`OSError` that is ``exc`` or that ``exc`` was raised while handling (when
+    a write into a file object fails early, ``torch.save`` reports ``unexpected pos N vs M`` while closing the
+    archive, with the real error as its context); a library error that quotes an OS error code (safetensors'
+    ``I/O error: No space left on device (os error 28)``); ``torch.save``'s ``unexpected pos`` alone (its own
+    writer, given a path, reports a short write only that way): a full disk when ``path``'s file system has less
+    than :data:`FULL_DISK_MARGIN` bytes left, else an I/O error."""
+    if isinstance(exc, D3LLMError) or not isinstance(exc, Exception):
+        return None  # already explained (a nested write), or an interruption
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen:
+        if isinstance(link, OSError) and not isinstance(link, D3LLMError):
+            return link
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    text = str(exc)
+    code = _OS_ERROR_CODE.search(text)
+    if code:
+        number = int(code.group(1))
+        return OSError(number, os.strerror(number), str(path))
+    if isinstance(exc, RuntimeError) and "unexpected pos" in text:
+        try:
+            fs = os.statvfs(Path(path).parent)
+            full = fs.f_bavail * fs.f_frsize < FULL_DISK_MARGIN
+        except OSError:
+            full = False
+        if full:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return OSError(errno.EIO, f"the write stopped short ({text.strip().splitlines()[0]})", str(path))
+    return None
+
+
 def _creation_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
     umask = os.umask(0o22)
@@ -115,9 +161,13 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Pat
 
     The output path is checked first (:func:`check_output_file`). The file gets the permissions a plain ``open()``
     would give it under the user's umask (the temporary file's private 0600 would otherwise survive the rename).
-    On any failure the temporary file is removed."""
+    A write refused by the system (:func:`write_failure`) raises :class:`~d3llm.errors.WriteError` naming
+    ``target`` and the cause; on any failure the temporary file is removed."""
     real = check_output_file(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        raise WriteError(target, exc.strerror or str(exc), errno=exc.errno) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -125,8 +175,12 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Pat
             os.fsync(fh.fileno())
         os.chmod(tmp, _creation_mode())
         os.replace(tmp, real)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        failure = write_failure(exc, tmp)  # before the removal, which frees the space the write took
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if failure is not None:
+            raise WriteError(target, failure.strerror or str(failure), errno=failure.errno) from None
         raise
     return real
 
@@ -134,3 +188,24 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], Any]) -> Pat
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``target`` atomically (see :func:`atomic_write`)."""
     return atomic_write(target, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def append_text(target: str | os.PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``target`` (a log); a refused write raises :class:`~d3llm.errors.WriteError`."""
+    try:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise WriteError(target, exc.strerror or str(exc), errno=exc.errno) from None
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and its parents (an existing folder is fine); a refusal raises
+    :class:`~d3llm.errors.WriteError` naming the folder and the cause."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc), message=f"cannot create the folder {path}: "
+                                                                 f"{exc.strerror or exc}", errno=exc.errno) from None
+    return path

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from d3llm.errors import D3LLMError
-from d3llm.files import atomic_write, atomic_write_text, read_json as read_json_file
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json as read_json_file
 from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
@@ -119,14 +119,14 @@ def write_shard(file: Path, rows: list[dict]) -> dict:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMNS} for row in rows], schema=_schema())
-    file.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(file.parent)
     atomic_write(file, lambda p: pq.write_table(table, str(p), compression="zstd"))
     return {"file": f"{SHARDS}/{file.name}", "rows": len(rows), "size": file.stat().st_size,
             "sha256": sha256_file(file)}
 
 
 def write_json(file: Path, obj: dict) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(file.parent)
     atomic_write_text(file, json.dumps(obj, indent=2) + "\n")
 
 
@@ -270,7 +270,7 @@ def read_trajectories(folder: str | os.PathLike) -> TrajectorySet:
 
 def write_trajectory_set(folder: Path, rows: list[dict], manifest: dict, shard_size: int = 4096) -> dict:
     """Write finished ``rows`` as shards plus a manifest in one go (import-reference); returns the manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     entries = []
     for shard, start in enumerate(range(0, max(len(rows), 1), shard_size)):
         entries.append(write_shard(shard_paths(folder, shard)[0], rows[start:start + shard_size]))

@@ -71,9 +71,9 @@ def write_record(path, payload: dict) -> Path:
     """Write a benchmark or evaluation record as indented JSON, atomically, creating its folder; returns the path."""
     import json
 
-    from d3llm.files import atomic_write_text
+    from d3llm.files import atomic_write_text, make_folder
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     return out

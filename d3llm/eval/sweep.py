@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from d3llm.errors import ConfigError, D3LLMError
-from d3llm.files import atomic_write, atomic_write_text, read_json
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
@@ -406,8 +406,7 @@ def plot(results: dict, path: str | os.PathLike) -> None:
 
 def write_outputs(results: dict, out_dir: str | os.PathLike, *, png: bool = True) -> dict[str, Path]:
     """Write ``sweep.json``, ``sweep.md`` and ``sweep.png`` into ``out_dir`` (atomically); return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     paths = output_paths(out, png=png)
     atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     atomic_write_text(paths["table"], markdown_table(results) + "\n")

@@ -5,8 +5,8 @@ A folder holds ``config.json`` and either ``model.safetensors`` or shards named 
 (``pytorch_model.bin``) are read with ``torch.load(weights_only=True)`` only, which refuses anything but tensors.
 
 Writes are atomic (:func:`d3llm.files.atomic_write`): every file is written to a temporary name in the target folder
-and renamed into place, the config last, so an interrupted save never leaves a folder that loads with mixed or
-truncated weights.
+and renamed into place, the config last, so an interrupted or refused save (full disk, read-only folder) never
+leaves a folder that loads with mixed or truncated weights.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
-from d3llm.files import atomic_write, atomic_write_text, read_json
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
 from d3llm.models.configs import DreamConfig, LlamaConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
@@ -299,7 +299,7 @@ def save_model(
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"cannot save into '{folder}': it is a file")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     store_dtype = resolve_dtype(dtype) or model.dtype
     state = {k: v.detach().to("cpu", store_dtype).contiguous() for k, v in model.state_dict().items()}
     config_dict = model.config.to_dict()

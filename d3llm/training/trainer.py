@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from d3llm.errors import ConfigError
-from d3llm.files import atomic_write_text, check_output_file
+from d3llm.files import append_text, atomic_write_text, check_output_file, make_folder
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
 from d3llm.training.config import LoopConfig, TrainConfig
@@ -130,7 +130,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     if cfg.resume and existing:
         resume_from = existing[-1]
         ckpt.verify_checkpoint(resume_from.path)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     if info.is_main:
         ckpt.remove_partial(out)
 
@@ -175,8 +175,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     def record(entry: dict) -> None:
         history.append(entry)
         if info.is_main:
-            with open(log_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            append_text(log_file, json.dumps(entry) + "\n")
 
     def state_dict() -> dict:
         return {"config": cfg.to_dict(), "world_size": info.world_size, "history": history}
