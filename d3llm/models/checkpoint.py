@@ -93,10 +93,19 @@ def _folder(path: str | os.PathLike) -> Path:
     return folder
 
 
+def refuse_broken_link(file: Path) -> None:
+    """Raise :class:`~d3llm.errors.CheckpointError` when ``file`` is a symlink to a file that does not exist (a
+    model folder of links into a download cache whose files were removed)."""
+    if file.is_symlink() and not file.exists():
+        raise CheckpointError(f"{file} is a symlink to {os.path.realpath(file)}, which does not exist; restore that "
+                              f"file or replace the link with the file itself")
+
+
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream and Llama)."""
     folder = _folder(path)
     file = folder / CONFIG_NAME
+    refuse_broken_link(file)
     if not file.is_file():
         raise CheckpointError(
             f"{file} not found: a model folder needs {CONFIG_NAME} and {SAFE_WEIGHTS} (or {SAFE_INDEX})"
@@ -120,11 +129,13 @@ def weight_files(folder: Path) -> tuple[str, dict[str, Path]]:
     """Return (format, key -> file) for the folder's weights; format is 'safetensors' or 'pickle'."""
     index = folder / SAFE_INDEX
     single = folder / SAFE_WEIGHTS
+    pickle_index, pickle_single = folder / PICKLE_INDEX, folder / PICKLE_WEIGHTS
+    for file in (index, single, pickle_index, pickle_single):
+        refuse_broken_link(file)
     if index.is_file():
         return "safetensors", _index_map(folder, index)
     if single.is_file():
         return "safetensors", {"*": single}
-    pickle_index, pickle_single = folder / PICKLE_INDEX, folder / PICKLE_WEIGHTS
     if pickle_index.is_file():
         return "pickle", _index_map(folder, pickle_index)
     if pickle_single.is_file():
@@ -144,6 +155,7 @@ def _index_map(folder: Path, index: Path) -> dict[str, Path]:
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith(".."):
             raise CheckpointError(f"{index}: tensor '{key}' maps to {shard!r}, which is not a file name in the folder")
         file = folder / shard
+        refuse_broken_link(file)
         if not file.is_file():
             raise CheckpointError(
                 f"{index} names shard '{shard}' (for tensor '{key}'), but {file} is missing; download the complete "
@@ -153,22 +165,45 @@ def _index_map(folder: Path, index: Path) -> dict[str, Path]:
     return out
 
 
+def _unreadable_safetensors(file: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{file} is not a readable safetensors file (truncated or corrupted?): {exc}")
+
+
+def check_weight_files(fmt: str, files: dict[str, Path]) -> None:
+    """Check that every weight file opens, without reading any tensor: a safetensors header must parse and cover
+    the file exactly (safetensors checks it against the file size); a zip-format pickle file must have its
+    central directory (a legacy pickle is not checked). Raises :class:`~d3llm.errors.CheckpointError` naming the
+    file and the problem."""
+    import zipfile
+
+    for file in dict.fromkeys(files.values()):
+        if fmt == "safetensors":
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise _unreadable_safetensors(file, exc) from None
+            continue
+        try:
+            with open(file, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+            if is_zip:
+                zipfile.ZipFile(file).close()
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"{file} is not a readable torch checkpoint (truncated or corrupted?): "
+                                  f"{exc}") from None
+
+
 def _iter_tensors(fmt: str, files: dict[str, Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor, Path]]:
     """Yield (name, tensor, file) for every tensor of the checkpoint, one file at a time."""
-    unique: list[Path] = []
-    for file in files.values():
-        if file not in unique:
-            unique.append(file)
-    for file in unique:
+    for file in dict.fromkeys(files.values()):
         if fmt == "safetensors":
             try:
                 with safe_open(str(file), framework="pt", device=str(device)) as handle:
                     for name in handle.keys():
                         yield name, handle.get_tensor(name), file
             except (SafetensorError, OSError, ValueError) as exc:
-                raise CheckpointError(
-                    f"{file} is not a readable safetensors file (truncated or corrupted?): {exc}"
-                ) from None
+                raise _unreadable_safetensors(file, exc) from None
         else:
             try:
                 state = torch.load(str(file), map_location=device, weights_only=True)
