@@ -3,6 +3,7 @@ through ``d3llm train`` (exact resume, errors)."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -171,6 +172,30 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     check_exact_resume(out, args, 12)
     state = json.loads((out / "checkpoints" / "step-000012" / "trainer_state.json").read_text())
     assert state["step"] == 12 and [e["step"] for e in state["history"] if "loss" in e] == list(range(1, 13))
+
+
+WALL_CLOCK = ("tokens_per_s", "elapsed_s")
+
+
+def log_without_wall_clock(out) -> list[dict]:
+    """``train_log.jsonl`` without the fields that measure time."""
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resumed_log_equals_the_uninterrupted_log(tmp_path):
+    """A run that logged every line but lost its later checkpoints (as a run killed after step 9 without saving
+    it) resumes from step 4, inside the window of the line of step 6: the log ends as the uninterrupted one."""
+    out = tmp_path / "run"
+    args = tiny_args(out, "--steps", "9", "--save-every", "4", "--keep", "5", "--log-every", "3", "--eval-every", "3")
+    assert main(args) == 0
+    uninterrupted = log_without_wall_clock(out)
+    assert [(e["step"], "loss" in e) for e in uninterrupted] == [(s, train) for s in (3, 6, 9) for train in (1, 0)]
+    for step in (8, 9):
+        shutil.rmtree(out / "checkpoints" / f"step-{step:06d}")
+    (out / "model.safetensors").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert log_without_wall_clock(out) == uninterrupted
 
 
 def test_checkpoint_corruption_is_detected(tmp_path):

@@ -10,6 +10,12 @@ checksummed checkpoint is written (see :mod:`d3llm.training.checkpoint`); every 
 held-out evaluation runs on the main rank. At the end the model is written to ``out`` as a model folder
 (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``). ``torchrun`` runs the same command as
 several data-parallel processes (see :mod:`d3llm.training.distributed`).
+
+``--resume`` continues from the newest checkpoint exactly as the uninterrupted run would have gone on: the same
+weights, and the same ``train_log.jsonl`` (the log is rewritten from the checkpoint's history, and the checkpoint
+keeps the running averages of the log line in progress), apart from wall-clock fields (``tokens_per_s``,
+``elapsed_s``). Options that fix the data order, the noise and the model (the objective's ``resume_keys``) must
+match the checkpoint's.
 """
 
 from __future__ import annotations
@@ -143,6 +149,8 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    window: dict[str, float] = {}  # sums of the log line in progress, and the steps they cover
+    window_steps = 0
     if resume_from is not None:
         loaded, opt_state, state = ckpt.load_checkpoint(resume_from.path, device=info.device)
         saved_cfg = state.get("config", {})
@@ -154,6 +162,8 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
         objective.restore(model, loaded, ckpt.load_extra(resume_from.path, device=info.device))
         optimizer.load_state_dict(opt_state)
         start_step, history = int(state["step"]), list(state.get("history", []))
+        window = {k: float(v) for k, v in state.get("log_window", {}).get("sums", {}).items()}
+        window_steps = int(state.get("log_window", {}).get("steps", 0))
 
     net = model
     if info.distributed:
@@ -171,6 +181,8 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
                  f"({base.num_parameters():,} parameters) on {objective.data_name} with {info.world_size} "
                  f"process(es), global batch {cfg.batch_size}, {cfg.steps} steps")
     log_file = out / LOG_NAME
+    if info.is_main:  # the log of the steps done so far: lines of a killed run past the checkpoint are dropped
+        atomic_write_text(log_file, "".join(json.dumps(entry) + "\n" for entry in history))
 
     def record(entry: dict) -> None:
         history.append(entry)
@@ -178,12 +190,12 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
             append_text(log_file, json.dumps(entry) + "\n")
 
     def state_dict() -> dict:
-        return {"config": cfg.to_dict(), "world_size": info.world_size, "history": history}
+        return {"config": cfg.to_dict(), "world_size": info.world_size, "history": history,
+                "log_window": {"sums": window, "steps": window_steps}}
 
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     t_start = time.perf_counter()
-    window: dict[str, float] = {}
-    window_tokens, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+    window_tokens, window_t0 = 0.0, time.perf_counter()  # tokens/s: this process's share of the window
     step = start_step
     try:
         for step in range(start_step, cfg.steps):
