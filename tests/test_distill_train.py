@@ -221,9 +221,9 @@ def test_distill_resume_is_bit_exact(setup, tmp_path):
     assert main(args + ["--resume", "--fixed-noise", "0.5"]) == 2
 
 
-def test_distill_resumed_log_equals_the_uninterrupted_log(setup, tmp_path):
+def test_distill_resumed_log_equals_the_uninterrupted_log_and_the_schedule_is_kept(setup, tmp_path, capsys):
     """Resumed at step 4, inside the window of the line of step 6: the log ends as the uninterrupted one (the
-    noise, window and loss terms averaged over the same steps)."""
+    noise, window and loss terms averaged over the same steps); another --lr is refused unless allowed."""
     teacher, traj = setup["llada"]
     out = tmp_path / "run"
     args = distill_args(teacher, traj, out, "--log-every", "3")
@@ -234,6 +234,13 @@ def test_distill_resumed_log_equals_the_uninterrupted_log(setup, tmp_path):
     (out / "model.safetensors").unlink()
     assert main(args + ["--resume"]) == 0
     assert _log(out, wall_clock=False) == uninterrupted
+    capsys.readouterr()
+    assert main(args + ["--resume", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "it was trained with --lr 0.003 (now 0.001), which shape the learning-rate schedule" in err
+    assert "--allow-schedule-change" in err
+    assert main(args + ["--resume", "--lr", "1e-3", "--steps", "10", "--allow-schedule-change"]) == 0
+    assert [e["step"] for e in _log(out)] == [3, 6, 8, 9, 10]
 
 
 def test_two_process_torchrun_distillation_trains(setup, tmp_path):

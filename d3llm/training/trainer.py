@@ -14,8 +14,9 @@ several data-parallel processes (see :mod:`d3llm.training.distributed`).
 ``--resume`` continues from the newest checkpoint exactly as the uninterrupted run would have gone on: the same
 weights, and the same ``train_log.jsonl`` (the log is rewritten from the checkpoint's history, and the checkpoint
 keeps the running averages of the log line in progress), apart from wall-clock fields (``tokens_per_s``,
-``elapsed_s``). Options that fix the data order, the noise and the model (the objective's ``resume_keys``) must
-match the checkpoint's.
+``elapsed_s``). Options that define the learning-rate schedule and the optimizer (:meth:`LoopConfig.schedule`) must
+match the checkpoint's unless ``allow_schedule_change`` is set; options that fix the data order, the noise and the
+model (the objective's ``resume_keys``) must always match.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from d3llm.errors import ConfigError
 from d3llm.files import append_text, atomic_write_text, check_output_file, make_folder
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
-from d3llm.training.config import LoopConfig, TrainConfig
+from d3llm.training.config import LoopConfig, TrainConfig, schedule_changes
 from d3llm.training.causal import CausalLMObjective
 from d3llm.training.objective import Objective
 from d3llm.training.sft import DataStream, MaskedDiffusionObjective
@@ -151,6 +152,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     window: dict[str, float] = {}  # sums of the log line in progress, and the steps they cover
     window_steps = 0
+    schedule_note = ""
     if resume_from is not None:
         loaded, opt_state, state = ckpt.load_checkpoint(resume_from.path, device=info.device)
         saved_cfg = state.get("config", {})
@@ -159,8 +161,17 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
         if diffs:
             raise ConfigError(f"cannot resume from {resume_from.path}: it was trained with " + ", ".join(diffs)
                               + "; pass the same options to continue that run")
+        changed = schedule_changes(saved_cfg, cfg)
+        if changed and not cfg.allow_schedule_change:
+            raise ConfigError(f"cannot resume from {resume_from.path}: it was trained with " + ", ".join(changed)
+                              + ", which shape the learning-rate schedule and the optimizer; pass the same values "
+                                "to continue that run, or --allow-schedule-change to go on with the new ones")
+        if changed:
+            schedule_note = " with a changed schedule: " + ", ".join(changed)
         objective.restore(model, loaded, ckpt.load_extra(resume_from.path, device=info.device))
         optimizer.load_state_dict(opt_state)
+        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):  # the state holds the old ones
+            group["weight_decay"], group["betas"] = decay, (cfg.beta1, cfg.beta2)
         start_step, history = int(state["step"]), list(state.get("history", []))
         window = {k: float(v) for k, v in state.get("log_window", {}).get("sums", {}).items()}
         window_steps = int(state.get("log_window", {}).get("steps", 0))
@@ -173,7 +184,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
 
     progress = Progress(cfg, cfg.steps, start_step, enabled=info.is_main, title=objective.name)
     if resume_from is not None:
-        progress.log(f"resuming from {resume_from.path} (step {start_step})")
+        progress.log(f"resuming from {resume_from.path} (step {start_step}){schedule_note}")
     elif cfg.resume:
         progress.log(f"no checkpoint in {ckpt.checkpoint_dir(out)}; starting from step 0")
     base = objective.export_model(model)
