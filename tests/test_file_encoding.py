@@ -62,6 +62,16 @@ def test_invalid_json_names_line_and_column(folder):
         d3llm.load_model(folder)
 
 
+def test_non_utf8_tokenizer_json_is_named(folder):
+    """tokenizer.json is parsed by the tokenizers library, whose error names no file."""
+    data = (folder / "tokenizer.json").read_bytes()
+    at = data.index(b'"') + 1
+    (folder / "tokenizer.json").write_bytes(data[:at] + b"\xe9" + data[at + 1:])
+    with pytest.raises(CheckpointError, match=rf"tokenizer.json is not UTF-8 text: byte 0xe9 at offset {at} "
+                                              rf"\(line \d+\)"):
+        d3llm.load_tokenizer(folder)
+
+
 def test_non_utf8_chat_template(folder):
     config = json.loads((folder / "tokenizer_config.json").read_text())
     del config["chat_template"]  # so that chat_template.jinja is read

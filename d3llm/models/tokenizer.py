@@ -23,6 +23,7 @@ from d3llm.files import read_json, read_text
 
 _IGNORED_KEYS = {"auto_map", "tokenizer_class", "added_tokens_decoder", "tokenizer_file", "name_or_path",
                  "processor_class", "chat_template", "vocab_file", "merges_file"}
+_LIBRARY_READ_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -105,6 +106,9 @@ def load_tokenizer(path: str | os.PathLike):
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - tokenizers/transformers raise many types for corrupt files
+        for name in _LIBRARY_READ_FILES:  # read by the library, which names no file: a non-UTF-8 one is named here
+            if (folder / name).is_file():
+                read_text(folder / name, CheckpointError)
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from None
     if extra_special:
         tokenizer.add_special_tokens({"additional_special_tokens": extra_special})
