@@ -28,7 +28,7 @@ import torch
 
 import d3llm
 from d3llm.eval.environment import environment
-from d3llm.eval.environment import write_record as save_record
+from d3llm.eval.environment import record_path, write_record as save_record
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
 NO_CACHE = dict(cache_delay_iter=None, refresh_interval=None)  # explicit: the folder's defaults may set a cache
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="semicolon-separated subset of the setting names")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the dense-forward ceiling of each setting")
-    ap.add_argument("--out", default="benchmarks/results/decode.json")
+    ap.add_argument("--out", type=record_path, default="benchmarks/results/decode.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ import torch
 
 import d3llm
 from d3llm.eval import aup, environment, evaluate, within_floor
-from d3llm.eval.environment import write_record
+from d3llm.eval.environment import record_path, write_record
 from d3llm.tasks.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", default="16,24,48")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="benchmarks/results/distill.json")
+    ap.add_argument("--out", type=record_path, default="benchmarks/results/distill.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import d3llm
+from d3llm.eval.environment import record_path
 from d3llm.models.packed import PackedRows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", default="1,4", help="steps between arrivals of the recorded runs")
     ap.add_argument("--methods", default="multi_block+cache(D=1);fast_dllm+dual;fast_dllm+prefix;multi_block")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="benchmarks/results/packed_forward.json")
+    ap.add_argument("--out", type=record_path, default="benchmarks/results/packed_forward.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

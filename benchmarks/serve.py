@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 import d3llm
-from d3llm.eval.environment import environment, write_record
+from d3llm.eval.environment import environment, record_path, write_record
 from d3llm.serve.launch import launched_server
 from d3llm.tasks import load_dataset
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="another argument for d3llm serve (repeatable, e.g. --server-arg=--max-batch=32)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for any one request")
-    p.add_argument("--out", default="benchmarks/results/serve.json", help="JSON output file")
+    p.add_argument("--out", type=record_path, default="benchmarks/results/serve.json", help="JSON output file")
     args = p.parse_args(argv)
 
     from d3llm.assets import default_model_path

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import d3llm
-from d3llm.eval.environment import environment, write_record
+from d3llm.eval.environment import environment, record_path, write_record
 from d3llm.eval.runner import evaluate
 from d3llm.tasks.data import load_dataset
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block", type=int, default=16, help="block size of every decoder")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="benchmarks/results/tradeoff.json")
+    ap.add_argument("--out", type=record_path, default="benchmarks/results/tradeoff.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -35,7 +35,7 @@ import torch
 
 import d3llm
 from d3llm.assets import ASSETS
-from d3llm.eval.environment import environment, write_record
+from d3llm.eval.environment import environment, record_path, write_record
 from d3llm.eval.runner import evaluate
 from d3llm.models.prompts import encode_prompt
 from d3llm.tasks.data import load_dataset
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--thresholds", default="0.05,0.2,0.5", help="multi_block entropy thresholds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--out", default="benchmarks/results/vs_ar.json")
+    ap.add_argument("--out", type=record_path, default="benchmarks/results/vs_ar.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,3 +23,20 @@ class GenerationError(D3LLMError, ValueError):
 
 class AUPError(D3LLMError, ValueError):
     """An accuracy-parallelism curve or leaderboard that AUP cannot score (bad points, a drop below the floor)."""
+
+
+class WriteError(D3LLMError, OSError):
+    """An output cannot be written: its path is not a regular file (a device, a FIFO, a folder), or the system
+    refused the write (read-only file system, full disk, no permission). No partial file is left behind.
+
+    ``path`` is the output path, ``reason`` the cause (e.g. ``No space left on device``), ``errno`` the OS error
+    number when there is one."""
+
+    def __init__(self, path, reason: str, *, message: str | None = None, errno: int | None = None):
+        self.message = message or f"cannot write {path}: {reason}"
+        super().__init__(self.message)
+        self.path, self.reason = str(path), reason
+        self.errno, self.filename = errno, str(path)
+
+    def __str__(self) -> str:  # OSError's own would print "[Errno N] None: 'path'" once errno is set
+        return self.message

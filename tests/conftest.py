@@ -29,3 +29,18 @@ def trained_models():
     from decoding_models import train_tiny
 
     return {family: train_tiny(family) for family in ("llada", "dream")}
+
+
+@pytest.fixture
+def error_line(capsys):
+    """``error_line(command)``: the one ``d3llm <command>: error: ...`` line a command run in-process printed on
+    stderr since the last read. Progress and log lines are allowed beside it; a second d3llm line or a traceback
+    fails the test."""
+
+    def read(command: str) -> str:
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("d3llm ") or "Traceback" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"d3llm {command}: error: "), err
+        return lines[0]
+
+    return read

@@ -236,3 +236,61 @@ def test_cuda_requested_without_cuda(saved, monkeypatch):
 def test_nonsense_device(saved):
     with pytest.raises(ConfigError, match=r"device 'gpu0' is not a valid torch device"):
         d3llm.load_model(saved, device="gpu0")
+
+
+# -- d3llm info checks the weight files it lists; broken symlinks say so ------------------------------------------
+
+def _info_error(folder, error_line) -> str:
+    from d3llm.cli.main import main
+
+    assert main(["info", str(folder)]) == 2
+    return error_line("info").removeprefix("d3llm info: error: ")
+
+
+def test_info_refuses_truncated_safetensors(saved, error_line):
+    data = (saved / "model.safetensors").read_bytes()
+    (saved / "model.safetensors").write_bytes(data[:-1])
+    assert _info_error(saved, error_line) == (f"{saved / 'model.safetensors'} is not a readable safetensors file "
+                                          f"(truncated or corrupted?): Error while deserializing header: incomplete "
+                                          f"metadata, file not fully covered")
+
+
+def test_info_refuses_a_truncated_shard(tmp_path, error_line):
+    folder = tmp_path / "sharded"
+    d3llm.save_model(d3llm.build_model("llada-tiny"), folder, max_shard_size=100_000)
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert _info_error(folder, error_line).startswith(f"{shard} is not a readable safetensors file")
+
+
+def test_info_refuses_a_truncated_pickle_checkpoint(saved, error_line):
+    from safetensors.torch import load_file
+
+    torch.save(load_file(saved / "model.safetensors"), saved / "pytorch_model.bin")
+    (saved / "model.safetensors").unlink()
+    data = (saved / "pytorch_model.bin").read_bytes()
+    (saved / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    assert _info_error(saved, error_line).startswith(f"{saved / 'pytorch_model.bin'} is not a readable torch checkpoint "
+                                                 f"(truncated or corrupted?)")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_broken_symlink_is_named(saved, tmp_path, name, error_line):
+    target = tmp_path / "cache" / "blobs" / "0123abcd"
+    (saved / name).unlink()
+    (saved / name).symlink_to(target)
+    message = f"{saved / name} is a symlink to {target}, which does not exist"
+    with pytest.raises(CheckpointError, match=message):
+        d3llm.load_model(saved)
+    assert _info_error(saved, error_line).startswith(message)
+
+
+def test_a_broken_shard_symlink_is_named(tmp_path):
+    folder = tmp_path / "sharded"
+    d3llm.save_model(d3llm.build_model("llada-tiny"), folder, max_shard_size=100_000)
+    shard = sorted(folder.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    shard.symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(CheckpointError, match=f"{shard} is a symlink to {tmp_path / 'gone.safetensors'}, which "
+                                              f"does not exist"):
+        d3llm.load_model(folder)

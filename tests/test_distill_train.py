@@ -42,8 +42,11 @@ def distill_args(teacher, traj, out, *extra):
             *extra]
 
 
-def _log(folder):
-    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+def _log(folder, wall_clock: bool = True):
+    """``train_log.jsonl``; ``wall_clock=False`` drops the fields that measure time."""
+    rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return rows if wall_clock else [{k: v for k, v in r.items() if k not in ("tokens_per_s", "elapsed_s")}
+                                    for r in rows]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -216,6 +219,28 @@ def test_distill_resume_is_bit_exact(setup, tmp_path):
     summary = json.loads((out / "training.json").read_text())
     assert summary["objective"] == "distill" and summary["trajectories"]["rows"] == 16
     assert main(args + ["--resume", "--fixed-noise", "0.5"]) == 2
+
+
+def test_distill_resumed_log_equals_the_uninterrupted_log_and_the_schedule_is_kept(setup, tmp_path, capsys):
+    """Resumed at step 4, inside the window of the line of step 6: the log ends as the uninterrupted one (the
+    noise, window and loss terms averaged over the same steps); another --lr is refused unless allowed."""
+    teacher, traj = setup["llada"]
+    out = tmp_path / "run"
+    args = distill_args(teacher, traj, out, "--log-every", "3")
+    assert main(args) == 0
+    uninterrupted = _log(out, wall_clock=False)
+    assert [e["step"] for e in uninterrupted] == [3, 6, 8]
+    shutil.rmtree(out / "checkpoints" / "step-000008")
+    (out / "model.safetensors").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert _log(out, wall_clock=False) == uninterrupted
+    capsys.readouterr()
+    assert main(args + ["--resume", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "it was trained with --lr 0.003 (now 0.001), which shape the learning-rate schedule" in err
+    assert "--allow-schedule-change" in err
+    assert main(args + ["--resume", "--lr", "1e-3", "--steps", "10", "--allow-schedule-change"]) == 0
+    assert [e["step"] for e in _log(out)] == [3, 6, 8, 9, 10]
 
 
 def test_two_process_torchrun_distillation_trains(setup, tmp_path):

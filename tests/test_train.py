@@ -3,6 +3,7 @@ through ``d3llm train`` (exact resume, errors)."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -171,6 +172,72 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     check_exact_resume(out, args, 12)
     state = json.loads((out / "checkpoints" / "step-000012" / "trainer_state.json").read_text())
     assert state["step"] == 12 and [e["step"] for e in state["history"] if "loss" in e] == list(range(1, 13))
+
+
+WALL_CLOCK = ("tokens_per_s", "elapsed_s")
+
+
+def log_without_wall_clock(out) -> list[dict]:
+    """``train_log.jsonl`` without the fields that measure time."""
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resumed_log_equals_the_uninterrupted_log(tmp_path):
+    """A run that logged every line but lost its later checkpoints (as a run killed after step 9 without saving
+    it) resumes from step 4, inside the window of the line of step 6: the log ends as the uninterrupted one."""
+    out = tmp_path / "run"
+    args = tiny_args(out, "--steps", "9", "--save-every", "4", "--keep", "5", "--log-every", "3", "--eval-every", "3")
+    assert main(args) == 0
+    uninterrupted = log_without_wall_clock(out)
+    assert [(e["step"], "loss" in e) for e in uninterrupted] == [(s, train) for s in (3, 6, 9) for train in (1, 0)]
+    for step in (8, 9):
+        shutil.rmtree(out / "checkpoints" / f"step-{step:06d}")
+    (out / "model.safetensors").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert log_without_wall_clock(out) == uninterrupted
+
+
+def test_resume_refuses_another_schedule_unless_allowed(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(out, "--steps", "4", "--save-every", "2", "--eval-every", "100")
+    assert main(args) == 0
+    capsys.readouterr()
+    for extra, change in [(["--steps", "6"], "--steps 4 (now 6)"), (["--lr", "1e-3"], "--lr 0.003 (now 0.001)"),
+                          (["--warmup-steps", "1"], "--warmup-steps 2 (now 1)"),
+                          (["--min-lr-ratio", "0.5"], "--min-lr-ratio 0.05 (now 0.5)"),
+                          (["--weight-decay", "0.1"], "--weight-decay 0.0 (now 0.1)"),
+                          (["--grad-clip", "0.5"], "--grad-clip 1.0 (now 0.5)")]:
+        assert main(args + ["--resume", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert f"cannot resume from {out / 'checkpoints' / 'step-000004'}: it was trained with {change}, which " \
+               f"shape the learning-rate schedule and the optimizer; pass the same values to continue that run, or " \
+               f"--allow-schedule-change to go on with the new ones" in err, err
+    assert main(args + ["--resume", "--steps", "6", "--allow-schedule-change"]) == 0
+    assert "(step 4) with a changed schedule: --steps 4 (now 6)" in capsys.readouterr().err
+    assert [e["step"] for e in log_without_wall_clock(out) if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    state = json.loads((out / "checkpoints" / "step-000006" / "trainer_state.json").read_text())
+    assert state["config"]["steps"] == 6
+    assert main(args + ["--resume", "--steps", "7", "--weight-decay", "0.1", "--allow-schedule-change"]) == 0
+    groups = torch.load(out / "checkpoints" / "step-000007" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]  # the new value, not the one the checkpoint held
+
+
+def test_an_explicit_warmup_equal_to_the_default_is_no_schedule_change():
+    from d3llm.training.config import schedule_changes
+
+    saved = TrainConfig(out="x", steps=100).to_dict()
+    assert schedule_changes(saved, TrainConfig(out="x", steps=100, warmup_steps=10)) == []
+    assert schedule_changes(saved, TrainConfig(out="x", steps=200)) == ["--steps 100 (now 200)",
+                                                                         "--warmup-steps 10 (now 20)"]
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_help_documents_allow_schedule_change(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--allow-schedule-change with --resume: continue even though --steps, --lr" in text
 
 
 def test_checkpoint_corruption_is_detected(tmp_path):

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import d3llm
     from d3llm.errors import ConfigError
     from d3llm.eval.runner import evaluate
-    from d3llm.models.checkpoint import atomic_write_text
+    from d3llm.files import atomic_write_text
     from d3llm.tasks.data import load_dataset
 
     if args.limit is not None and args.limit <= 0:

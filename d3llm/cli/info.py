@@ -1,5 +1,6 @@
 """d3llm info [DIR | --model DIR]: what a model folder holds (family, sizes, special ids, weight files, decoding
-defaults), without loading its weights. Without DIR: the shipped arith teacher."""
+defaults), without loading its weights (each weight file's header is checked: a truncated or unreadable file is an
+error). Without DIR: the shipped arith teacher."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from d3llm.cli.options import model_folder
-    from d3llm.models.checkpoint import expected_tensors, load_config, weight_files
+    from d3llm.models.checkpoint import check_weight_files, expected_tensors, load_config, weight_files
     from d3llm.models.generation_config import GenerationConfig
 
     from d3llm.errors import ConfigError
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     folder = model_folder(args)
     config = load_config(folder)
     fmt, files = weight_files(Path(folder))
+    check_weight_files(fmt, files)
     n_params = sum(_numel(s) for s in expected_tensors(config).values())
     generation = GenerationConfig.load(folder)
     info = {

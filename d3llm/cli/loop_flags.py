@@ -34,6 +34,10 @@ def add_checkpoint_flags(parser: argparse.ArgumentParser, d) -> argparse._Argume
                                                                         "(default: %(default)s)")
     g.add_argument("--keep", type=int, default=d.keep, help="checkpoints kept (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    g.add_argument("--allow-schedule-change", action="store_true",
+                   help="with --resume: continue even though --steps, --lr, --warmup-steps, --min-lr-ratio, "
+                        "--weight-decay or --grad-clip differ from the checkpoint's run (the new values apply from "
+                        "the resumed step on; without this flag such a resume is refused)")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations "
                                                                         "(default: %(default)s)")
     return g

@@ -1,7 +1,8 @@
 """``d3llm`` console script: a thin dispatcher over the command modules.
 
-Errors of bad input (:class:`~d3llm.errors.D3LLMError`) are printed as one clear line and exit with status 2,
-without a traceback.
+Errors of bad input (:class:`~d3llm.errors.D3LLMError`, among them a refused write,
+:class:`~d3llm.errors.WriteError`) are printed as one clear line and exit with status 2, without a traceback; so is
+any other :class:`OSError` (a file the system refused to read or write), with the file and the cause.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except D3LLMError as exc:
         print(f"d3llm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the system refused a file that no module's own error explains
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"d3llm {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"d3llm {args.command}: interrupted", file=sys.stderr)

@@ -149,16 +149,18 @@ def read_prompts(prompts: list[str]) -> list[str]:
     return out
 
 
-def output_file(spec: str | None, flag: str = "--out") -> Path | None:
-    """Check an output file path before any work: not a folder, and its folder exists."""
+def output_file(spec: str | None, flag: str | None = "--out") -> Path | None:
+    """Check an output file path before any work: it is a regular file or nothing yet (not a folder, a device, a
+    FIFO: see :func:`d3llm.files.check_output_file`), and its folder exists. ``flag`` names it in errors (None for
+    a positional argument)."""
     if spec is None:
         return None
     from d3llm.errors import ConfigError
+    from d3llm.files import check_output_file
 
     path = Path(spec).expanduser()
-    if path.is_dir():
-        raise ConfigError(f"{flag} {spec} is a folder; expected a file path such as {path / 'results.json'}")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{flag} {spec}: the folder {path.parent} does not exist; create it first or choose "
-                          f"another path")
+    target = check_output_file(path, flag)
+    if not target.parent.is_dir():
+        raise ConfigError(f"{f'{flag} ' if flag else ''}{spec}: the folder {target.parent} does not exist; create it "
+                          f"first or choose another path")
     return path

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from d3llm.errors import ConfigError
-    from d3llm.eval.sweep import SWEEPABLE, SweepConfig, run_sweep, write_outputs
+    from d3llm.eval.sweep import SWEEPABLE, SweepConfig, output_paths, run_sweep, write_outputs
+    from d3llm.files import check_output_file
 
     if args.config:
         if args.methods or args.thresholds:
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file; expected a folder for sweep.json, sweep.md and sweep.png")
+    for path in output_paths(out, png=not args.no_plot).values():
+        check_output_file(path)
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401

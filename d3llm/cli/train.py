@@ -7,7 +7,8 @@ With the defaults it trains the shipped teacher of the built-in ``arith`` task f
     d3llm train --objective causal --out runs/arith-ar --eval-decode autoregressive    # the shipped AR baseline
 
 Data-parallel: torchrun --nproc_per_node 2 -m d3llm.cli.main train --out ... (gloo on CPU, NCCL on GPU).
---resume continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order.
+--resume continues from the newest checkpoint in ``OUT/checkpoints`` with the same data order; a changed --steps,
+--lr, --warmup-steps, --min-lr-ratio, --weight-decay or --grad-clip needs --allow-schedule-change.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         grad_clip=args.grad_clip, eps=args.eps, response_length=args.response_length, train_size=args.train_size,
         seed=args.seed, data_seed=args.data_seed, save_every=args.save_every, keep=args.keep,
         eval_every=args.eval_every, eval_size=args.eval_size, eval_decode=args.eval_decode,
-        eval_decode_size=args.eval_decode_size, log_every=args.log_every, resume=args.resume, device=args.device,
+        eval_decode_size=args.eval_decode_size, log_every=args.log_every, resume=args.resume,
+        allow_schedule_change=args.allow_schedule_change, device=args.device,
         threads=args.threads, bf16=args.bf16, progress=args.progress,
     )
     train(cfg)

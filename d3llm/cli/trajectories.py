@@ -92,8 +92,10 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from d3llm.cli.options import output_file
     from d3llm.distill.reference import export_reference
 
+    output_file(args.out, flag=None)
     n = export_reference(args.folder, args.out)
     print(f"wrote {n} rows in the reference format to {args.out}")
     return 0

@@ -26,6 +26,7 @@ from d3llm.distill import store
 from d3llm.distill.config import ExtractConfig
 from d3llm.distill.store import TrajectoryError
 from d3llm.errors import ConfigError
+from d3llm.files import check_output_file, make_folder
 from d3llm.training import distributed as distm
 from d3llm.training.objective import seed_of
 
@@ -298,6 +299,8 @@ def _extract(cfg: ExtractConfig, info: distm.DistInfo) -> Path:
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
+    for name in (store.PLAN, store.MANIFEST):  # before any decoding: a device or FIFO there is refused
+        check_output_file(out / name)
     teacher_dir = Path(cfg.teacher).expanduser()
     teacher = load_model(teacher_dir, device=info.device, dtype=cfg.dtype)
     tokenizer = load_tokenizer(teacher_dir)
@@ -312,7 +315,7 @@ def _extract(cfg: ExtractConfig, info: distm.DistInfo) -> Path:
     key = _plan_key(plan)
     _check_plan(out, plan)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out)
         if not (out / store.PLAN).is_file():
             store.write_json(out / store.PLAN, plan)
     distm.barrier(info)

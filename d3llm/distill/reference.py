@@ -16,6 +16,7 @@ import numpy as np
 
 from d3llm.distill import store
 from d3llm.distill.store import TrajectoryError
+from d3llm.files import atomic_write_text, read_text
 
 LLADA_MASK_ID = 126336
 FIELDS = ("idx", "prompt_ids", "trajectory", "final_output")
@@ -24,7 +25,7 @@ FIELDS = ("idx", "prompt_ids", "trajectory", "final_output")
 def _read_rows(file: Path) -> list[dict]:
     if not file.is_file():
         raise TrajectoryError(f"{file} does not exist; expected the reference's trajectory rows (JSON or JSONL)")
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file, TrajectoryError)
     try:
         data = json.loads(text)
         rows = data if isinstance(data, list) else [data]
@@ -95,7 +96,6 @@ def import_reference(file, out, teacher=None, mask_id: int | None = None) -> dic
 def export_reference(folder, out) -> int:
     """Write the trajectory folder's records as a JSON list of reference rows; returns the row count."""
     from d3llm.distill.extract import boxed_answer
-    from d3llm.models.checkpoint import atomic_write_text
 
     traj = store.read_trajectories(folder)
     rows = []

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from d3llm.errors import D3LLMError
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json as read_json_file
 from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
@@ -114,32 +115,28 @@ def _schema():
 
 def write_shard(file: Path, rows: list[dict]) -> dict:
     """Write ``rows`` (dicts with :data:`COLUMNS`) as one Parquet file, atomically; returns its size and SHA-256."""
-    from d3llm.models.checkpoint import _atomic_write
-
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist([{name: row.get(name) for name in COLUMNS} for row in rows], schema=_schema())
-    file.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(file, lambda p: pq.write_table(table, str(p), compression="zstd"))
+    make_folder(file.parent)
+    atomic_write(file, lambda p: pq.write_table(table, str(p), compression="zstd"))
     return {"file": f"{SHARDS}/{file.name}", "rows": len(rows), "size": file.stat().st_size,
             "sha256": sha256_file(file)}
 
 
 def write_json(file: Path, obj: dict) -> None:
-    from d3llm.models.checkpoint import atomic_write_text
-
-    file.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(file.parent)
     atomic_write_text(file, json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(file: Path, what: str) -> dict:
+    if not Path(file).exists():
+        raise TrajectoryError(f"{file} does not exist; expected the {what}")
     try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrajectoryError(f"{file} does not exist; expected the {what}") from None
-    except json.JSONDecodeError as exc:
-        raise TrajectoryError(f"{file} is not valid JSON ({exc}); expected the {what}") from None
+        data = read_json_file(file, TrajectoryError)
+    except TrajectoryError as exc:
+        raise TrajectoryError(f"{exc}; expected the {what}") from None
     if not isinstance(data, dict):
         raise TrajectoryError(f"{file}: expected a JSON object (the {what}), got {type(data).__name__}")
     return data
@@ -273,7 +270,7 @@ def read_trajectories(folder: str | os.PathLike) -> TrajectorySet:
 
 def write_trajectory_set(folder: Path, rows: list[dict], manifest: dict, shard_size: int = 4096) -> dict:
     """Write finished ``rows`` as shards plus a manifest in one go (import-reference); returns the manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     entries = []
     for shard, start in enumerate(range(0, max(len(rows), 1), shard_size)):
         entries.append(write_shard(shard_paths(folder, shard)[0], rows[start:start + shard_size]))

@@ -52,13 +52,28 @@ def environment(model=None, device: torch.device | str | None = None) -> dict:
     return env
 
 
+def record_path(spec: str) -> str:
+    """An ``argparse`` ``type`` for the ``--out`` of a benchmark: the path :func:`write_record` will write, checked
+    before any work (a device, FIFO or folder there is refused with the parser's one-line error)."""
+    import argparse
+
+    from d3llm.errors import D3LLMError
+    from d3llm.files import check_output_file
+
+    try:
+        check_output_file(spec, "--out")
+    except D3LLMError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
 def write_record(path, payload: dict) -> Path:
     """Write a benchmark or evaluation record as indented JSON, atomically, creating its folder; returns the path."""
     import json
 
-    from d3llm.models.checkpoint import atomic_write_text
+    from d3llm.files import atomic_write_text, make_folder
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     return out

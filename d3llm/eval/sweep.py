@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from d3llm.errors import ConfigError, D3LLMError
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
@@ -301,10 +302,7 @@ def read_sweep_results(path: str | os.PathLike) -> dict:
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"sweep results '{file}' do not exist; expected the sweep.json that `d3llm sweep` writes")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(file, ConfigError)
     if not isinstance(data, dict) or data.get("kind") != RESULTS_KIND:
         raise ConfigError(f"{file}: not the results of `d3llm sweep` (expected \"kind\": \"{RESULTS_KIND}\")")
     for key in ("task", "points", "curves"):
@@ -408,16 +406,22 @@ def plot(results: dict, path: str | os.PathLike) -> None:
 
 def write_outputs(results: dict, out_dir: str | os.PathLike, *, png: bool = True) -> dict[str, Path]:
     """Write ``sweep.json``, ``sweep.md`` and ``sweep.png`` into ``out_dir`` (atomically); return their paths."""
-    from d3llm.models.checkpoint import _atomic_write, atomic_write_text
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "sweep.json", "table": out / "sweep.md"}
+    out = make_folder(out_dir)
+    paths = output_paths(out, png=png)
     atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     atomic_write_text(paths["table"], markdown_table(results) + "\n")
     if png:
+        atomic_write(paths["png"], lambda p: plot(results, p))
+    return paths
+
+
+def output_paths(out_dir: str | os.PathLike, *, png: bool = True) -> dict[str, Path]:
+    """The files :func:`write_outputs` writes into ``out_dir``: ``sweep.json``, ``sweep.md`` and (``png``)
+    ``sweep.png``."""
+    out = Path(out_dir)
+    paths = {"json": out / "sweep.json", "table": out / "sweep.md"}
+    if png:
         paths["png"] = out / "sweep.png"
-        _atomic_write(paths["png"], lambda p: plot(results, p))
     return paths
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from d3llm.errors import ConfigError
+from d3llm.files import read_text
 
 
 def read_yaml(path: str | os.PathLike, what: str, expected: str):
@@ -16,7 +17,8 @@ def read_yaml(path: str | os.PathLike, what: str, expected: str):
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"{what} '{file}' does not exist; expected {expected}")
+    text = read_text(file, ConfigError)
     try:
-        return yaml.safe_load(file.read_text(encoding="utf-8"))
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML ({exc})") from None

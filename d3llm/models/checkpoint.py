@@ -4,8 +4,9 @@ A folder holds ``config.json`` and either ``model.safetensors`` or shards named 
 (plus tokenizer files, and often remote modeling code, which is never imported). Legacy pickle weights
 (``pytorch_model.bin``) are read with ``torch.load(weights_only=True)`` only, which refuses anything but tensors.
 
-Writes are atomic: every file is written to a temporary name in the target folder and renamed into place, the
-config last, so an interrupted save never leaves a folder that loads with mixed or truncated weights.
+Writes are atomic (:func:`d3llm.files.atomic_write`): every file is written to a temporary name in the target folder
+and renamed into place, the config last, so an interrupted or refused save (full disk, read-only folder) never
+leaves a folder that loads with mixed or truncated weights.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from d3llm.errors import CheckpointError, ConfigError
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 from d3llm.models.base import DiffusionLM, resolve_device, resolve_dtype, skip_init
 from d3llm.models.configs import DreamConfig, LlamaConfig, ModelConfig, config_from_dict
 from d3llm.models.dream import DreamLM
@@ -38,6 +40,9 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
     "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
 )
+
+#: the files :func:`save_model` may write into a folder (besides weight shards)
+MODEL_FILES = (CONFIG_NAME, SAFE_WEIGHTS, SAFE_INDEX, GENERATION_CONFIG_NAME, *TOKENIZER_FILES)
 
 MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDALM, "dream": DreamLM, "llama": LlamaLM}
 
@@ -88,30 +93,31 @@ def _folder(path: str | os.PathLike) -> Path:
     return folder
 
 
-def _read_json(file: Path) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {file}: {exc}") from None
+def refuse_broken_link(file: Path) -> None:
+    """Raise :class:`~d3llm.errors.CheckpointError` when ``file`` is a symlink to a file that does not exist (a
+    model folder of links into a download cache whose files were removed)."""
+    if file.is_symlink() and not file.exists():
+        raise CheckpointError(f"{file} is a symlink to {os.path.realpath(file)}, which does not exist; restore that "
+                              f"file or replace the link with the file itself")
 
 
 def load_config(path: str | os.PathLike) -> ModelConfig:
     """Read ``config.json`` of a model folder (and the EOS id of ``generation_config.json`` for Dream and Llama)."""
     folder = _folder(path)
     file = folder / CONFIG_NAME
+    refuse_broken_link(file)
     if not file.is_file():
         raise CheckpointError(
             f"{file} not found: a model folder needs {CONFIG_NAME} and {SAFE_WEIGHTS} (or {SAFE_INDEX})"
         )
     try:
-        config = config_from_dict(_read_json(file), source=str(file))
+        config = config_from_dict(read_json(file, CheckpointError), source=str(file))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     gen_file = folder / GENERATION_CONFIG_NAME
     if isinstance(config, (DreamConfig, LlamaConfig)) and gen_file.is_file():
-        eos = _read_json(gen_file).get("eos_token_id")
+        generation = read_json(gen_file, CheckpointError)
+        eos = generation.get("eos_token_id") if isinstance(generation, dict) else None  # GenerationConfig checks it
         if isinstance(eos, list):  # several stop ids: the first is the end-of-text id used for early stop
             eos = eos[0] if eos else None
         if isinstance(eos, int) and eos != config.eos_token_id:
@@ -123,11 +129,13 @@ def weight_files(folder: Path) -> tuple[str, dict[str, Path]]:
     """Return (format, key -> file) for the folder's weights; format is 'safetensors' or 'pickle'."""
     index = folder / SAFE_INDEX
     single = folder / SAFE_WEIGHTS
+    pickle_index, pickle_single = folder / PICKLE_INDEX, folder / PICKLE_WEIGHTS
+    for file in (index, single, pickle_index, pickle_single):
+        refuse_broken_link(file)
     if index.is_file():
         return "safetensors", _index_map(folder, index)
     if single.is_file():
         return "safetensors", {"*": single}
-    pickle_index, pickle_single = folder / PICKLE_INDEX, folder / PICKLE_WEIGHTS
     if pickle_index.is_file():
         return "pickle", _index_map(folder, pickle_index)
     if pickle_single.is_file():
@@ -138,7 +146,7 @@ def weight_files(folder: Path) -> tuple[str, dict[str, Path]]:
 
 
 def _index_map(folder: Path, index: Path) -> dict[str, Path]:
-    data = _read_json(index)
+    data = read_json(index, CheckpointError)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: key 'weight_map' is missing or empty; expected {{tensor name: shard file}}")
@@ -147,6 +155,7 @@ def _index_map(folder: Path, index: Path) -> dict[str, Path]:
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard.startswith(".."):
             raise CheckpointError(f"{index}: tensor '{key}' maps to {shard!r}, which is not a file name in the folder")
         file = folder / shard
+        refuse_broken_link(file)
         if not file.is_file():
             raise CheckpointError(
                 f"{index} names shard '{shard}' (for tensor '{key}'), but {file} is missing; download the complete "
@@ -156,22 +165,45 @@ def _index_map(folder: Path, index: Path) -> dict[str, Path]:
     return out
 
 
+def _unreadable_safetensors(file: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{file} is not a readable safetensors file (truncated or corrupted?): {exc}")
+
+
+def check_weight_files(fmt: str, files: dict[str, Path]) -> None:
+    """Check that every weight file opens, without reading any tensor: a safetensors header must parse and cover
+    the file exactly (safetensors checks it against the file size); a zip-format pickle file must have its
+    central directory (a legacy pickle is not checked). Raises :class:`~d3llm.errors.CheckpointError` naming the
+    file and the problem."""
+    import zipfile
+
+    for file in dict.fromkeys(files.values()):
+        if fmt == "safetensors":
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise _unreadable_safetensors(file, exc) from None
+            continue
+        try:
+            with open(file, "rb") as fh:
+                is_zip = fh.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+            if is_zip:
+                zipfile.ZipFile(file).close()
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"{file} is not a readable torch checkpoint (truncated or corrupted?): "
+                                  f"{exc}") from None
+
+
 def _iter_tensors(fmt: str, files: dict[str, Path], device: torch.device) -> Iterator[tuple[str, torch.Tensor, Path]]:
     """Yield (name, tensor, file) for every tensor of the checkpoint, one file at a time."""
-    unique: list[Path] = []
-    for file in files.values():
-        if file not in unique:
-            unique.append(file)
-    for file in unique:
+    for file in dict.fromkeys(files.values()):
         if fmt == "safetensors":
             try:
                 with safe_open(str(file), framework="pt", device=str(device)) as handle:
                     for name in handle.keys():
                         yield name, handle.get_tensor(name), file
             except (SafetensorError, OSError, ValueError) as exc:
-                raise CheckpointError(
-                    f"{file} is not a readable safetensors file (truncated or corrupted?): {exc}"
-                ) from None
+                raise _unreadable_safetensors(file, exc) from None
         else:
             try:
                 state = torch.load(str(file), map_location=device, weights_only=True)
@@ -279,35 +311,6 @@ def _parse_size(size: int | str) -> int:
     return int(text)
 
 
-def _creation_mode() -> int:
-    """The mode ``open()`` gives a new file under the current umask (``0o666 & ~umask``)."""
-    umask = os.umask(0o22)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``target`` (same folder, so rename is atomic).
-
-    The file gets the permissions a plain ``open()`` would give it under the user's umask (the temporary file's
-    private 0600 would otherwise survive the rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _creation_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    _atomic_write(Path(target), lambda p: p.write_text(text, encoding="utf-8"))
-
-
 def save_model(
     model: DiffusionLM,
     path: str | os.PathLike,
@@ -331,7 +334,7 @@ def save_model(
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"cannot save into '{folder}': it is a file")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     store_dtype = resolve_dtype(dtype) or model.dtype
     state = {k: v.detach().to("cpu", store_dtype).contiguous() for k, v in model.state_dict().items()}
     config_dict = model.config.to_dict()
@@ -351,13 +354,13 @@ def save_model(
     old_files = set(p.name for p in folder.glob("model*.safetensors")) | {SAFE_INDEX}
     written: set[str] = set()
     if len(shards) == 1:
-        _atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
+        atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
         written.add(SAFE_WEIGHTS)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
+            atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
             written.add(name)
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in state.values())
@@ -394,7 +397,7 @@ def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 data = (src / name).read_bytes()
-                _atomic_write(folder / name, lambda p, d=data: p.write_bytes(d))
+                atomic_write(folder / name, lambda p, d=data: p.write_bytes(d))
         return
     if tokenizer is not None:
         if not hasattr(tokenizer, "save_pretrained"):
@@ -406,4 +409,4 @@ def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:
             for file in Path(tmp).iterdir():
                 if file.is_file():
                     data = file.read_bytes()
-                    _atomic_write(folder / file.name, lambda p, d=data: p.write_bytes(d))
+                    atomic_write(folder / file.name, lambda p, d=data: p.write_bytes(d))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from d3llm.errors import CheckpointError
+from d3llm.files import atomic_write_text, read_json
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 METHOD_ONLY_KEYS = frozenset({"threshold"})  # its meaning differs between methods
@@ -88,18 +89,12 @@ class GenerationConfig:
         file = Path(folder) / GENERATION_CONFIG_NAME
         if not file.is_file():
             return None
-        try:
-            values = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-        return cls.from_dict(values, str(file))
+        return cls.from_dict(read_json(file, CheckpointError), str(file))
 
     def to_json(self) -> str:
         return json.dumps(self.values, indent=2) + "\n"
 
     def save(self, folder: str | os.PathLike) -> Path:
-        from d3llm.models.checkpoint import atomic_write_text
-
         file = Path(folder) / GENERATION_CONFIG_NAME
         atomic_write_text(file, self.to_json())
         return file

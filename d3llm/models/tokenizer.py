@@ -14,23 +14,17 @@ Supported folder layouts:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from d3llm.errors import CheckpointError
+from d3llm.files import read_json, read_text
 
 _IGNORED_KEYS = {"auto_map", "tokenizer_class", "added_tokens_decoder", "tokenizer_file", "name_or_path",
                  "processor_class", "chat_template", "vocab_file", "merges_file"}
+_LIBRARY_READ_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-def _read_json(file: Path) -> Any:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
 
 
 def _token_text(value: Any) -> Any:
@@ -48,9 +42,12 @@ def _chat_template(folder: Path, config: dict) -> str | None:
             return named.get("default") or next(iter(named.values()), None)
         return template
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        return read_text(folder / "chat_template.jinja", CheckpointError)
     if (folder / "chat_template.json").is_file():
-        return _read_json(folder / "chat_template.json").get("chat_template")
+        data = read_json(folder / "chat_template.json", CheckpointError)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{folder / 'chat_template.json'}: expected a JSON object with 'chat_template'")
+        return data.get("chat_template")
     return None
 
 
@@ -88,7 +85,7 @@ def load_tokenizer(path: str | os.PathLike):
     if not folder.is_dir():
         raise CheckpointError(f"tokenizer folder '{folder}' does not exist")
     config_file = folder / "tokenizer_config.json"
-    config = _read_json(config_file) if config_file.is_file() else {}
+    config = read_json(config_file, CheckpointError) if config_file.is_file() else {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: expected a JSON object")
     kwargs = {k: v for k, v in config.items() if k not in _IGNORED_KEYS and k not in _SPECIAL_KEYS
@@ -109,6 +106,9 @@ def load_tokenizer(path: str | os.PathLike):
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - tokenizers/transformers raise many types for corrupt files
+        for name in _LIBRARY_READ_FILES:  # read by the library, which names no file: a non-UTF-8 one is named here
+            if (folder / name).is_file():
+                read_text(folder / name, CheckpointError)
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}") from None
     if extra_special:
         tokenizer.add_special_tokens({"additional_special_tokens": extra_special})

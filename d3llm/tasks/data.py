@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d3llm.errors import ConfigError
+from d3llm.files import decode_utf8
 from d3llm.tasks.arith import SPLITS, make_problem
 from d3llm.tasks.scoring import reference_answer
 
@@ -90,10 +91,13 @@ class ListDataset:
 
 
 def iter_jsonl(file: Path):
-    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not a JSON object is a
-    ConfigError naming the file and line."""
-    with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    """``(line number, object)`` for every non-blank line of a JSONL file; a line that is not UTF-8 or not a JSON
+    object is a ConfigError naming the file and line."""
+    with open(file, "rb") as fh:
+        offset = 0
+        for lineno, raw in enumerate(fh, start=1):
+            line = decode_utf8(raw, file, ConfigError, offset=offset, line=lineno)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -152,7 +156,7 @@ def load_dataset(spec: str, default_split: str = "train", size: int | None = Non
 
 def write_jsonl(path: str | os.PathLike, examples) -> Path:
     """Write examples (or :class:`~d3llm.tasks.arith.Problem` rows) as a JSONL file the loader reads back."""
-    from d3llm.models.checkpoint import atomic_write_text
+    from d3llm.files import atomic_write_text
 
     lines = []
     for ex in examples:

@@ -82,10 +82,10 @@ def build_tokenizer(folder: str | os.PathLike | None = None, *, model_max_length
 
 
 def _write_and_load(backend, config: dict, folder: Path):
-    from d3llm.models.checkpoint import _atomic_write, atomic_write_text
+    from d3llm.files import atomic_write, atomic_write_text, make_folder
     from d3llm.models.tokenizer import load_tokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "tokenizer.json", lambda p: backend.save(str(p)))
+    make_folder(folder)
+    atomic_write(folder / "tokenizer.json", lambda p: backend.save(str(p)))
     atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return load_tokenizer(folder)

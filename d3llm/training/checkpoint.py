@@ -10,9 +10,10 @@ Layout of ``OUT/checkpoints/step-000500/``::
 
 A checkpoint is assembled in a hidden ``.step-000500.partial-*`` folder and renamed into place only once complete,
 so a process killed while saving (even with SIGKILL) leaves no ``step-*`` folder behind, only a partial folder that
-the next run removes. Loading checks every file against the manifest first: a truncated, corrupted or missing file
-is a :class:`~d3llm.errors.CheckpointError` naming the file, never a silent load. ``optimizer.pt`` is read with
-``torch.load(weights_only=True)``.
+the next run removes; a save the system refuses (full disk, read-only folder) removes its partial folder and raises
+a :class:`~d3llm.errors.WriteError` naming the file and the cause. Loading checks every file against the manifest
+first: a truncated, corrupted or missing file is a :class:`~d3llm.errors.CheckpointError` naming the file, never a
+silent load. ``optimizer.pt`` is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Any
 
 import torch
 
-from d3llm.errors import CheckpointError
-from d3llm.models.checkpoint import _atomic_write, atomic_write_text
+from d3llm.errors import CheckpointError, WriteError
+from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -47,6 +48,14 @@ def sha256_file(file: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_torch(obj: Any, file: Path) -> None:
+    """``torch.save(obj)`` into ``file`` through a Python file object, so that a refused write raises the system's
+    own error, or torch's ``unexpected pos`` with that error as its context (given a path, torch's writer reports a
+    full disk only as ``unexpected pos N vs M``, without the cause; see :func:`d3llm.files.write_failure`)."""
+    with open(file, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -108,20 +117,19 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.o
 
     from d3llm.models.checkpoint import save_model
 
-    root = checkpoint_dir(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = make_folder(checkpoint_dir(out))
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
+        make_folder(tmp)
         save_model(model, tmp / MODEL_DIR, tokenizer=tokenizer_dir)
         opt_state = optimizer.state_dict()
-        _atomic_write(tmp / OPTIMIZER, lambda p: torch.save(opt_state, p))
+        atomic_write(tmp / OPTIMIZER, lambda p: save_torch(opt_state, p))
         if extra:
             tensors = {k: v.detach().cpu().contiguous() for k, v in extra.items()}
-            _atomic_write(tmp / EXTRA, lambda p: save_file(tensors, str(p)))
+            atomic_write(tmp / EXTRA, lambda p: save_file(tensors, str(p)))
         atomic_write_text(tmp / STATE, json.dumps({**state, "step": step, "format": FORMAT_VERSION}, indent=2) + "\n")
         files = {}
         for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
@@ -138,13 +146,26 @@ def save_checkpoint(out: str | os.PathLike, step: int, model, optimizer: torch.o
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a WriteError from a file of the checkpoint, or a refused rename
+            raise _refused_save(exc, tmp, final) from None
         raise
     if keep is not None and keep > 0:
         for old in list_checkpoints(out)[:-keep]:
             shutil.rmtree(old.path, ignore_errors=True)
     return final
+
+
+def _refused_save(exc: OSError, tmp: Path, final: Path) -> WriteError:
+    """A write refused while assembling checkpoint ``final`` in ``tmp``, named as the file of ``final`` it was."""
+    if isinstance(exc, WriteError):
+        reason, path = exc.reason, Path(exc.path)
+    else:
+        reason, path = exc.strerror or str(exc), Path(exc.filename or tmp)
+    file = final / path.relative_to(tmp) if path.is_relative_to(tmp) else final
+    return WriteError(file, reason, errno=exc.errno,
+                      message=f"cannot write {file}: {reason} (the incomplete checkpoint was removed)")
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict:
@@ -156,11 +177,13 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it is incomplete or was not written by "
                               f"d3llm train; {hint}")
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        manifest = read_json(manifest_file, CheckpointError)
         files = manifest["files"]
         if not isinstance(files, dict) or not files:
             raise ValueError("no files listed")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{manifest_file} is corrupted ({exc}); {hint}") from None
     for rel, meta in files.items():
         file = folder / rel
@@ -199,8 +222,13 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[Any, dict, d
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported the same way
         raise CheckpointError(f"{folder / OPTIMIZER}: cannot load the optimizer state with weights_only=True "
                               f"({str(exc).splitlines()[0]})") from None
-    try:
-        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{folder / STATE} is not valid JSON: {exc}") from None
-    return model, opt_state, state
+    return model, opt_state, read_state(folder)
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """The ``trainer_state.json`` of a checkpoint (step, options, history, the log's running window)."""
+    file = Path(path) / STATE
+    state = read_json(file, CheckpointError)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{file}: expected a JSON object with an integer 'step'")
+    return state

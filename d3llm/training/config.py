@@ -36,6 +36,7 @@ class LoopConfig:
     eval_every: int = 500
     log_every: int = 50
     resume: bool = False
+    allow_schedule_change: bool = False  # --resume with other schedule values (see schedule())
     device: str | None = None
     threads: int | None = None
     bf16: bool = False
@@ -69,8 +70,25 @@ class LoopConfig:
             return self.warmup_steps
         return min(DEFAULT_WARMUP, self.steps // 10)
 
+    def schedule(self) -> dict[str, Any]:
+        """The values that shape the learning-rate schedule and the optimizer, by the flag that sets them (the
+        betas have no flag): a resumed run must keep them unless ``allow_schedule_change`` is set. The warm-up is
+        the one in effect (:attr:`warmup`), so an explicit ``--warmup-steps`` equal to the default is no change."""
+        return {"--steps": self.steps, "--lr": self.lr, "--min-lr-ratio": self.min_lr_ratio,
+                "--warmup-steps": self.warmup, "--weight-decay": self.weight_decay, "--grad-clip": self.grad_clip,
+                "beta1": self.beta1, "beta2": self.beta2}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def schedule_changes(saved: dict[str, Any], cfg: LoopConfig) -> list[str]:
+    """``"--steps 100 (now 200)"`` for every :meth:`LoopConfig.schedule` value of ``cfg`` that differs from the run
+    whose options are ``saved`` (a checkpoint's ``config``)."""
+    fields = {f.name for f in dataclasses.fields(LoopConfig)}
+    before = LoopConfig(**{"out": "", **{k: v for k, v in saved.items() if k in fields}}).schedule()
+    now = cfg.schedule()
+    return [f"{name} {before[name]!r} (now {now[name]!r})" for name in now if before[name] != now[name]]
 
 
 @dataclass

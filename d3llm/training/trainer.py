@@ -10,6 +10,13 @@ checksummed checkpoint is written (see :mod:`d3llm.training.checkpoint`); every 
 held-out evaluation runs on the main rank. At the end the model is written to ``out`` as a model folder
 (``config.json``, ``model.safetensors``, tokenizer files, ``training.json``). ``torchrun`` runs the same command as
 several data-parallel processes (see :mod:`d3llm.training.distributed`).
+
+``--resume`` continues from the newest checkpoint exactly as the uninterrupted run would have gone on: the same
+weights, and the same ``train_log.jsonl`` (the log is rewritten from the checkpoint's history, and the checkpoint
+keeps the running averages of the log line in progress), apart from wall-clock fields (``tokens_per_s``,
+``elapsed_s``). Options that define the learning-rate schedule and the optimizer (:meth:`LoopConfig.schedule`) must
+match the checkpoint's unless ``allow_schedule_change`` is set; options that fix the data order, the noise and the
+model (the objective's ``resume_keys``) must always match.
 """
 
 from __future__ import annotations
@@ -23,14 +30,18 @@ from pathlib import Path
 import torch
 
 from d3llm.errors import ConfigError
+from d3llm.files import append_text, atomic_write_text, check_output_file, make_folder
 from d3llm.training import checkpoint as ckpt
 from d3llm.training import distributed as distm
-from d3llm.training.config import LoopConfig, TrainConfig
+from d3llm.training.config import LoopConfig, TrainConfig, schedule_changes
 from d3llm.training.causal import CausalLMObjective
 from d3llm.training.objective import Objective
 from d3llm.training.sft import DataStream, MaskedDiffusionObjective
 
 __all__ = ["DataStream", "LoopConfig", "Objective", "TrainConfig", "lr_at", "train"]
+
+LOG_NAME = "train_log.jsonl"
+SUMMARY_NAME = "training.json"
 
 
 def lr_at(step: int, cfg: LoopConfig) -> float:
@@ -105,11 +116,13 @@ def train(cfg: LoopConfig, objective: Objective | None = None) -> Path:
 
 
 def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
-    from d3llm.models.checkpoint import atomic_write_text, save_model
+    from d3llm.models.checkpoint import MODEL_FILES, save_model
 
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; expected a folder")
+    for name in (LOG_NAME, SUMMARY_NAME, *MODEL_FILES):  # before any work: a device or FIFO there is refused
+        check_output_file(out / name)
     distm.set_threads(info, cfg.threads)
     if cfg.batch_size % info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by the {info.world_size} processes")
@@ -124,7 +137,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     if cfg.resume and existing:
         resume_from = existing[-1]
         ckpt.verify_checkpoint(resume_from.path)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     if info.is_main:
         ckpt.remove_partial(out)
 
@@ -137,6 +150,9 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    window: dict[str, float] = {}  # sums of the log line in progress, and the steps they cover
+    window_steps = 0
+    schedule_note = ""
     if resume_from is not None:
         loaded, opt_state, state = ckpt.load_checkpoint(resume_from.path, device=info.device)
         saved_cfg = state.get("config", {})
@@ -145,9 +161,20 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
         if diffs:
             raise ConfigError(f"cannot resume from {resume_from.path}: it was trained with " + ", ".join(diffs)
                               + "; pass the same options to continue that run")
+        changed = schedule_changes(saved_cfg, cfg)
+        if changed and not cfg.allow_schedule_change:
+            raise ConfigError(f"cannot resume from {resume_from.path}: it was trained with " + ", ".join(changed)
+                              + ", which shape the learning-rate schedule and the optimizer; pass the same values "
+                                "to continue that run, or --allow-schedule-change to go on with the new ones")
+        if changed:
+            schedule_note = " with a changed schedule: " + ", ".join(changed)
         objective.restore(model, loaded, ckpt.load_extra(resume_from.path, device=info.device))
         optimizer.load_state_dict(opt_state)
+        for group, decay in zip(optimizer.param_groups, (cfg.weight_decay, 0.0)):  # the state holds the old ones
+            group["weight_decay"], group["betas"] = decay, (cfg.beta1, cfg.beta2)
         start_step, history = int(state["step"]), list(state.get("history", []))
+        window = {k: float(v) for k, v in state.get("log_window", {}).get("sums", {}).items()}
+        window_steps = int(state.get("log_window", {}).get("steps", 0))
 
     net = model
     if info.distributed:
@@ -157,28 +184,29 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
 
     progress = Progress(cfg, cfg.steps, start_step, enabled=info.is_main, title=objective.name)
     if resume_from is not None:
-        progress.log(f"resuming from {resume_from.path} (step {start_step})")
+        progress.log(f"resuming from {resume_from.path} (step {start_step}){schedule_note}")
     elif cfg.resume:
         progress.log(f"no checkpoint in {ckpt.checkpoint_dir(out)}; starting from step 0")
     base = objective.export_model(model)
     progress.log(f"training {base.config.describe() if hasattr(base.config, 'describe') else type(base).__name__} "
                  f"({base.num_parameters():,} parameters) on {objective.data_name} with {info.world_size} "
                  f"process(es), global batch {cfg.batch_size}, {cfg.steps} steps")
-    log_file = out / "train_log.jsonl"
+    log_file = out / LOG_NAME
+    if info.is_main:  # the log of the steps done so far: lines of a killed run past the checkpoint are dropped
+        atomic_write_text(log_file, "".join(json.dumps(entry) + "\n" for entry in history))
 
     def record(entry: dict) -> None:
         history.append(entry)
         if info.is_main:
-            with open(log_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            append_text(log_file, json.dumps(entry) + "\n")
 
     def state_dict() -> dict:
-        return {"config": cfg.to_dict(), "world_size": info.world_size, "history": history}
+        return {"config": cfg.to_dict(), "world_size": info.world_size, "history": history,
+                "log_window": {"sums": window, "steps": window_steps}}
 
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     t_start = time.perf_counter()
-    window: dict[str, float] = {}
-    window_tokens, window_steps, window_t0 = 0.0, 0, time.perf_counter()
+    window_tokens, window_t0 = 0.0, time.perf_counter()  # tokens/s: this process's share of the window
     step = start_step
     try:
         for step in range(start_step, cfg.steps):
@@ -245,7 +273,7 @@ def _train(cfg: LoopConfig, objective: Objective, info: distm.DistInfo) -> Path:
                    "wall_time_s": time.perf_counter() - t_start, "resumed_from_step": start_step,
                    "torch": torch.__version__, **objective.summary(),
                    "final": {k: v for e in history[-3:] for k, v in e.items()}}
-        atomic_write_text(out / "training.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         progress.log(f"wrote the trained model to {out}")
     distm.barrier(info)
     return out
