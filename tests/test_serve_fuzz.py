@@ -26,9 +26,13 @@ WORDS = ["Tom", "has", "31", "pens.", "Then", "buys", "14", "from", "his", "frie
 
 
 # -- strategies ------------------------------------------------------------------------------------------------------
+EXTREMES = [2**63 - 1, 2**63, 2**64 - 1, 2**64, -1, -(2**63) - 1, 10**30, 10**400, -(10**400), 0, 1, 0.0, -0.0,
+            1e-300, 5e-324, 1e308, 1.5, 2.0, 100.0, 101.0, 1e9, float("nan"), float("inf"), float("-inf")]
+
+
 def huge_integers():
     return st.one_of(st.integers(min_value=-(2**70), max_value=2**70),
-                     st.sampled_from([2**63, 2**64, 2**64 - 1, -(2**63) - 1, 10**30, 10**400, -(10**400)]))
+                     st.sampled_from([e for e in EXTREMES if isinstance(e, int)]))
 
 
 odd_text = st.one_of(
@@ -37,8 +41,7 @@ odd_text = st.one_of(
                      "####", "<|mdm_mask|>", "<|endoftext|>", "x" * 3000]),
     st.lists(st.sampled_from(WORDS), min_size=1, max_size=30).map(" ".join),
 )
-numbers = st.one_of(huge_integers(), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([0, 1, -1, 0.0, 1e-300, 5e-324, 1e308, 0.5, 1.5, 2.0, 100.0, 101.0]))
+numbers = st.one_of(st.sampled_from(EXTREMES), huge_integers(), st.floats(allow_nan=True, allow_infinity=True))
 json_scalars = st.one_of(st.none(), st.booleans(), numbers, odd_text)
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                                  st.dictionaries(odd_text, inner, max_size=4)),
@@ -71,8 +74,9 @@ ANYTHING = {
 }
 
 
-def fields(table: dict, max_size: int):
-    return st.dictionaries(st.sampled_from(sorted(table)), st.none(), max_size=max_size).flatmap(
+def fields(table: dict, max_size: int, min_size: int = 0):
+    """Bodies' fields: some names of ``table``, each with a value from its strategy."""
+    return st.dictionaries(st.sampled_from(sorted(table)), st.none(), min_size=min_size, max_size=max_size).flatmap(
         lambda keys: st.fixed_dictionaries({k: table[k] for k in keys}))
 
 
@@ -88,7 +92,7 @@ def bodies(kind: str):
         "prompt": st.lists(st.sampled_from(WORDS), min_size=1, max_size=20).map(" ".join)},
         optional={"stream": st.booleans()})
     valid = st.tuples(good, fields(VALID, 6)).map(lambda p: with_stream_options({**p[0], **p[1]}))
-    near = st.tuples(valid, fields(ANYTHING, 1)).map(lambda p: {**p[0], **p[1]})
+    near = st.tuples(valid, fields(ANYTHING, 2, min_size=1)).map(lambda p: {**p[0], **p[1]})
     own = {"messages": messages} if kind == "chat" else {"prompt": prompts}
     hostile = st.tuples(st.fixed_dictionaries({}, optional=own), fields(ANYTHING, 5),
                         st.dictionaries(odd_text, json_values, max_size=2)).map(lambda p: {**p[0], **p[1], **p[2]})
