@@ -77,7 +77,7 @@ class Server:
     """What the handlers share: the engine thread, the tokenizer, the limits and the metrics."""
 
     def __init__(self, engine, tokenizer, config: ServeConfig) -> None:
-        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        self.tokenizer, self.config = tokenizer, config  # the engine belongs to the worker (which may replace it)
         self.metrics = ServerMetrics()
         self.worker = EngineWorker(engine, self.metrics, max_queue=config.max_queue)
         params = engine.params.as_dict()
