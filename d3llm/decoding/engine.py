@@ -463,14 +463,15 @@ class Engine:
                 self.canvas, self.state, self.rows = self.canvas.concat(c), self.state.concat(s), self.rows.concat(r)
         return events
 
-    def _fail_request(self, req: _Request, error: BaseException, events: list[RowEvent]) -> None:
-        """A waiting request whose set-up raised finishes with ``"error"`` without running."""
+    def _finish_unstarted(self, req: _Request, reason: str, events: list[RowEvent],
+                          error: BaseException | None = None) -> None:
+        """A waiting request finishes without running: ``"cancelled"``, or ``"error"`` when its set-up raised."""
         self._known.discard(req.request_id)
         self._cancel.discard(req.request_id)
         n = req.params.max_new_tokens
         out = RequestOutput(req.request_id, req.prompt.tolist(), np.full(n, self.mask_id), np.full(n, -1), [], 0,
-                            "error")
-        events.append(RowEvent(req.request_id, None, 0, [], True, "error", out, error=error))
+                            reason)
+        events.append(RowEvent(req.request_id, None, 0, [], True, reason, out, error=error))
 
     # -- joining and leaving -------------------------------------------------------------------------------------
     def _admit(self, events: list[RowEvent]) -> None:
@@ -480,12 +481,7 @@ class Engine:
         while self._waiting and (room is None or len(joining) < room):
             req = self._waiting.popleft()
             if req.request_id in self._cancel:
-                self._cancel.discard(req.request_id)
-                self._known.discard(req.request_id)
-                n = req.params.max_new_tokens
-                out = RequestOutput(req.request_id, req.prompt.tolist(), np.full(n, self.mask_id),
-                                    np.full(n, -1), [], 0, "cancelled")
-                events.append(RowEvent(req.request_id, None, 0, [], True, "cancelled", out))
+                self._finish_unstarted(req, "cancelled", events)
                 continue
             joining.append(req)
         if self.rows is not None and self._cancel:
@@ -503,7 +499,7 @@ class Engine:
                 try:
                     self._join([req])
                 except Exception as exc:
-                    self._fail_request(req, exc, events)
+                    self._finish_unstarted(req, "error", events, error=exc)
 
     def _join(self, joining: list[_Request]) -> None:
         """Canvas rows, method state and cache rows of ``joining``, appended to the batch (all or nothing)."""
@@ -544,7 +540,7 @@ class Engine:
         return slots
 
     def _release_slots(self, slots: np.ndarray) -> None:
-        if self.cache is not None and self.method.uses_cache:
+        if self.cache is not None:
             self.cache.lengths[slots] = 0
             self._free = sorted(self._free + slots.tolist())
 
