@@ -34,6 +34,7 @@ def _parse_set(items: list[str]) -> dict:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from d3llm.training.config import SFT_OBJECTIVES, TrainConfig
+    from d3llm.training.mixes import DEFAULT_CANVAS_MIX, DEFAULT_TURN_MIX
 
     d = TrainConfig(out="")
     from d3llm.cli.options import add_parser
@@ -48,9 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-data", default=None, help="held-out set (default: arith:test when training on arith)")
     g.add_argument("--train-size", type=int, default=None, help="use only the first N examples (file) / N problems")
     g.add_argument("--data-seed", type=int, default=d.data_seed, help="which built-in problems (default: %(default)s)")
-    g.add_argument("--response-length", type=int, default=d.response_length,
-                   help="answer tokens per example incl. EOS padding = the decoders' generation length "
-                        "(default: %(default)s)")
+    g.add_argument("--canvas-lengths", default=None, metavar="MIX",
+                   help="canvas lengths of training rows (answer + EOS padding, the new tokens a decoder fills), "
+                        "drawn once per step from this mix of LENGTH:WEIGHT pairs, each row taking the smallest "
+                        "length that holds its answer, so the model decodes on any canvas (default: "
+                        f"{DEFAULT_CANVAS_MIX}; a single value is a fixed length)")
+    g.add_argument("--response-length", type=int, default=None,
+                   help="a fixed canvas length instead of the mix (the old recipe), and the default new tokens "
+                        "written into generation_config.json (default without it: 48)")
+    g.add_argument("--turns", default=None, metavar="MIX",
+                   help="built-in task: questions per training conversation (the earlier ones answered in the chat "
+                        f"history), a mix like the canvas lengths' (default: {DEFAULT_TURN_MIX}; 1: single "
+                        "questions only)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="a named config to train from scratch (llada-small, llama-small, "
                                                  "...) or a model folder to fine-tune (default: llada-small, or "
@@ -86,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, eps=args.eps, response_length=args.response_length, train_size=args.train_size,
+        canvas_lengths=args.canvas_lengths, turns=args.turns,
         seed=args.seed, data_seed=args.data_seed, save_every=args.save_every, keep=args.keep,
         eval_every=args.eval_every, eval_size=args.eval_size, eval_decode=args.eval_decode,
         eval_decode_size=args.eval_decode_size, log_every=args.log_every, resume=args.resume,

@@ -588,9 +588,9 @@ def config_from_dict(data: dict[str, Any], source: str = "config.json") -> Model
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     # ~0.1 M parameters: unit tests.
     "llada-tiny": dict(family="llada", d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=128,
-                       max_sequence_length=512),
+                       max_sequence_length=1024),
     "dream-tiny": dict(family="dream", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, intermediate_size=128, vocab_size=128, max_position_embeddings=512),
+                       num_key_value_heads=2, intermediate_size=128, vocab_size=128, max_position_embeddings=1024),
     # ~0.8 M parameters (without the embedding): the built-in task's teacher size.
     "llada-small": dict(family="llada", d_model=128, n_layers=4, n_heads=4, mlp_hidden_size=384, vocab_size=256,
                         max_sequence_length=1024),
@@ -599,7 +599,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
     # Causal (autoregressive) models: llama-small has exactly llada-small's shape and parameter count (the
     # autoregressive baseline of the built-in task); llama-tiny groups key/value heads, as dream-tiny does.
     "llama-tiny": dict(family="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, intermediate_size=128, vocab_size=128, max_position_embeddings=512),
+                       num_key_value_heads=2, intermediate_size=128, vocab_size=128, max_position_embeddings=1024),
     "llama-small": dict(family="llama", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=4, intermediate_size=384, vocab_size=256, max_position_embeddings=1024),
 }

@@ -1,6 +1,6 @@
 """``arith``: the built-in chain-of-thought task, GSM8K in miniature.
 
-Each problem is a short story with a running count: a starting amount, then two to four events that add or take
+Each problem is a short story with a running count: a starting amount, then one to four events that add or take
 away some of it (each later step uses the number the previous step computed), sometimes interleaved with
 irrelevant sentences, and a question about the final amount. The reference answer is a worked solution, one
 ``a op b = c`` step per line, and a final line ``#### N``::
@@ -27,6 +27,10 @@ is its *skeleton* (start value and the list of (operation, operand)); names, ite
 cosmetic. A hash of the skeleton assigns it to ``test`` (1 in :data:`TEST_BUCKETS` buckets) or ``train``, and each
 split only keeps its own skeletons, so no test problem's arithmetic ever appears in the training split, whatever
 the seeds.
+
+Conversations (:func:`make_conversation`): one to three earlier questions with their worked answers, then the
+question to answer; every problem of a conversation comes from the same split. The answer always follows its own
+question directly, so the fixed operand distances hold in the last turn whatever came before.
 """
 
 from __future__ import annotations
@@ -42,8 +46,12 @@ SPLITS = ("train", "test")
 TEST_BUCKETS = 16          # 1/16 of all skeletons are test-only
 MIN_VALUE, MAX_VALUE = 10, 99  # every number in a problem, given or computed, has two digits
 SLOTS = 4                  # event sentences per question (steps, then irrelevant sentences)
+STEP_CHOICES = (2, 3, 4)   # steps of a problem, uniform, except ONE_STEP_SHARE of the problems that have one step
+ONE_STEP_SHARE = 0.15      # (drawn apart, so the two-to-four-step problem of every other index is unchanged)
 MAX_ANSWER_TOKENS = 47     # 4 lines of 11 tokens + "#### N"
 MAX_QUESTION_TOKENS = 58
+MAX_TURNS = 4              # questions in one conversation (three earlier turns, then the question)
+HISTORY_POOL = 10**9       # earlier turns of a conversation are problems of this index range of the split
 
 # Pieces the task tokenizer splits text into: a newline, the answer marker, a word or a single digit or a
 # punctuation mark, each with its leading space. Shared with d3llm.tasks.tokenizer.
@@ -106,10 +114,11 @@ def _vocabulary_words() -> list[str]:
     return sorted(words | {w.capitalize() for w in words} | {w.lower() for w in words})
 
 
-def _draw(rng: random.Random, split: str) -> tuple[tuple, list[str], list[str], int]:
-    """One problem of ``split``: (skeleton, question sentences, solution lines, target)."""
+def _draw(rng: random.Random, split: str, one_step: bool = False) -> tuple[tuple, list[str], list[str], int]:
+    """One problem of ``split``: (skeleton, question sentences, solution lines, target); ``one_step``: a single
+    event."""
     while True:
-        n_steps = rng.choice((2, 3, 4))
+        n_steps = 1 if one_step else rng.choice(STEP_CHOICES)
         value = rng.randint(MIN_VALUE, MAX_VALUE)
         steps = []
         for _ in range(n_steps):
@@ -157,7 +166,8 @@ def make_problem(split: str, index: int, seed: int = 0) -> Problem:
     if index < 0:
         raise ConfigError(f"problem index must be >= 0, got {index}")
     rng = random.Random(f"arith:{seed}:{split}:{index}")
-    skeleton, question, lines, target = _draw(rng, split)
+    one_step = random.Random(f"arith-steps:{seed}:{split}:{index}").random() < ONE_STEP_SHARE
+    skeleton, question, lines, target = _draw(rng, split, one_step)
     return Problem(question=" ".join(question), answer="\n".join(lines) + f"\n#### {target}", target=target,
                    steps=len(lines), family="count", skeleton=skeleton, index=index, split=split)
 
@@ -170,3 +180,18 @@ def make_problems(split: str, n: int, seed: int = 0, start: int = 0) -> list[Pro
 def task_words() -> list[str]:
     """The closed set of words the generator can emit (the task tokenizer's vocabulary is built from it)."""
     return _vocabulary_words()
+
+
+def make_conversation(split: str, index: int, turns: int, seed: int = 0) -> list[Problem]:
+    """A conversation of ``turns`` questions ending in problem ``index`` of ``split``: ``turns - 1`` earlier problems
+    of the same split (answered, in the chat history) and then that problem. The earlier ones are drawn from the
+    split's own stream at indices derived from ``(seed, split, index, turn)``, so a test conversation holds only
+    test problems and a training one only training problems; ``turns == 1`` is the problem alone."""
+    if turns < 1:
+        raise ConfigError(f"a conversation needs at least one turn, got turns={turns}")
+    final = make_problem(split, index, seed)
+    earlier = []
+    for turn in range(turns - 1):
+        digest = hashlib.sha256(f"arith-history:{seed}:{split}:{index}:{turn}".encode()).digest()
+        earlier.append(make_problem(split, int.from_bytes(digest[:8], "big") % HISTORY_POOL, seed))
+    return earlier + [final]

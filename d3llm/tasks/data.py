@@ -3,7 +3,11 @@
 A dataset *spec* names one:
 
 * ``arith`` / ``arith:train`` / ``arith:test``: the built-in task (:mod:`d3llm.tasks.arith`); without a split,
-  commands use ``train`` for training and ``test`` for evaluation.
+  commands use ``train`` for training and ``test`` for evaluation. Options follow a third colon, comma-separated:
+  ``turns=N`` (each example is a conversation of N questions: N - 1 earlier question/answer turns from the same
+  split, then the question; default 1) and ``steps=1`` or ``steps=1-2`` (held-out problems of those step counts
+  only), e.g. ``arith:test:turns=2`` or ``arith:test:steps=1``. The same held-out problems end every ``turns``
+  setting, so one-turn and two-turn accuracy are measured on the same last questions.
 * a path to a ``.jsonl`` file: one JSON object per line with string fields ``question`` and ``answer`` (GSM8K's
   layout: the answer ends with ``#### N``; otherwise its last number is the gold answer). Blank lines are skipped.
 """
@@ -17,62 +21,140 @@ from pathlib import Path
 
 from d3llm.errors import ConfigError
 from d3llm.files import decode_utf8
-from d3llm.tasks.arith import SPLITS, make_problem
+from d3llm.tasks.arith import MAX_TURNS, SPLITS, make_conversation, make_problem
 from d3llm.tasks.scoring import reference_answer
 
 DEFAULT_TEST_SIZE = 500
+STALE_LIMIT = 4000  # a filtered split is exhausted after this many repeats in a row
 
 
 @dataclass(frozen=True)
 class Example:
-    """A question, its reference ``answer`` text and the normalised ``gold`` number; ``source`` says where from."""
+    """A question, its reference ``answer`` text and the normalised ``gold`` number; ``source`` says where from;
+    ``history``: the earlier (question, answer) turns of the conversation, oldest first (empty: a single turn)."""
 
     question: str
     answer: str
     gold: str | None
     source: str = ""
+    history: tuple[tuple[str, str], ...] = ()
+
+    def messages(self) -> list[dict]:
+        """The conversation up to the question, as chat messages (``[{"role", "content"}, ...]``)."""
+        out = []
+        for q, a in self.history:
+            out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        return out + [{"role": "user", "content": self.question}]
 
 
 class ArithDataset:
     """``size`` problems of one split of the built-in task. Training items are generated on access (problem ``i``
     is a pure function of ``(seed, split, i)``, so the order is already random); ``unique=True`` (the default for
-    ``test``) materialises ``size`` problems with distinct skeletons."""
+    ``test``) materialises ``size`` problems with distinct skeletons. ``turns``: questions per example (the earlier
+    ones answered in ``Example.history``); ``steps``: keep only problems with these step counts (materialised
+    splits only)."""
 
     iid = True
 
-    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, unique: bool | None = None):
+    def __init__(self, split: str = "train", size: int | None = None, seed: int = 0, unique: bool | None = None,
+                 turns: int = 1, steps: tuple[int, ...] | None = None):
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} of the built-in task 'arith'; expected one of {list(SPLITS)}")
         self.split, self.seed = split, seed
         self.size = size if size is not None else (DEFAULT_TEST_SIZE if split == "test" else 10**9)
+        self._at_most = size is None and steps is not None  # a filtered split may hold fewer than the default
         if self.size <= 0:
             raise ConfigError(f"dataset size must be positive, got {self.size}")
-        self.name = f"arith:{split}"
-        self._items: list[Example] | None = None
+        check_turns(turns)
+        self.turns, self.steps = turns, steps
+        self.name = f"arith:{split}" + _options_suffix(turns, steps)
+        self._indices: list[int] | None = None
         if unique if unique is not None else split == "test":
-            self._items = self._unique()
+            self._indices = self._unique()
+        elif steps is not None:
+            raise ConfigError("the 'steps' option of the built-in task selects held-out problems; it needs a "
+                              "materialised split (arith:test), not the endless training stream")
 
-    def _unique(self) -> list[Example]:
-        seen, items, i = set(), [], 0
-        while len(items) < self.size:
+    def _unique(self) -> list[int]:
+        seen, indices, i, stale = set(), [], 0, 0
+        limit = max(200 * self.size, 10**5)
+        while len(indices) < self.size:
+            if i >= limit or (self._at_most and stale > STALE_LIMIT):
+                if self._at_most and indices:
+                    self.size = len(indices)
+                    break
+                raise ConfigError(f"{self.name}: only {len(indices)} distinct problems found in the first {limit:,} "
+                                  f"of the split; ask for at most that many")
             p = make_problem(self.split, i, self.seed)
             i += 1
-            if p.skeleton in seen:
+            if self.steps is not None and p.steps not in self.steps:
                 continue
+            if p.skeleton in seen:
+                stale += 1
+                continue
+            stale = 0
             seen.add(p.skeleton)
-            items.append(Example(p.question, p.answer, str(p.target), f"{self.name}#{p.index}"))
-        return items
+            indices.append(p.index)
+        return indices
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int) -> Example:
+        return self.example(i)
+
+    def example(self, i: int, turns: int | None = None) -> Example:
+        """Item ``i`` as a conversation of ``turns`` questions (default: the dataset's ``turns``)."""
         if not 0 <= i < self.size:
             raise IndexError(i)
-        if self._items is not None:
-            return self._items[i]
-        p = make_problem(self.split, i, self.seed)
-        return Example(p.question, p.answer, str(p.target), f"{self.name}#{i}")
+        index = self._indices[i] if self._indices is not None else i
+        *earlier, p = make_conversation(self.split, index, self.turns if turns is None else turns, self.seed)
+        history = tuple((e.question, e.answer) for e in earlier)
+        return Example(p.question, p.answer, str(p.target), f"{self.name}#{p.index}", history)
+
+
+def check_turns(turns: int) -> None:
+    if not isinstance(turns, int) or not 1 <= turns <= MAX_TURNS:
+        raise ConfigError(f"turns must be an integer from 1 to {MAX_TURNS} (questions per conversation), got {turns!r}")
+
+
+def _options_suffix(turns: int, steps: tuple[int, ...] | None) -> str:
+    opts = ([f"turns={turns}"] if turns != 1 else []) + (
+        [f"steps={min(steps)}" + (f"-{max(steps)}" if max(steps) > min(steps) else "")] if steps else [])
+    return ":" + ",".join(opts) if opts else ""
+
+
+def parse_arith_spec(spec: str, default_split: str = "train") -> tuple[str, dict]:
+    """``"arith:test:turns=2,steps=1"`` -> ``("test", {"turns": 2, "steps": (1,)})`` (see the module docstring)."""
+    parts = spec.split(":", 2)
+    split = parts[1] if len(parts) > 1 and parts[1] else default_split
+    options: dict = {}
+    for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        try:
+            if not sep:
+                raise ValueError
+            if key == "turns":
+                options["turns"] = int(value)
+                check_turns(options["turns"])
+            elif key == "steps":
+                low, _, high = value.partition("-")
+                lo, hi = int(low), int(high or low)
+                if not 1 <= lo <= hi <= 4:
+                    raise ValueError
+                options["steps"] = tuple(range(lo, hi + 1))
+            else:
+                raise ConfigError(f"dataset {spec!r}: unknown option {key!r} of the built-in task; expected turns=N "
+                                  f"or steps=A-B")
+        except ValueError:
+            raise ConfigError(f"dataset {spec!r}: option {item!r} is not valid; expected turns=N (1 to {MAX_TURNS}) "
+                              f"or steps=A or steps=A-B (step counts 1 to 4)") from None
+    return split, options
+
+
+def is_arith_spec(spec: str) -> bool:
+    return spec == "arith" or spec.startswith("arith:")
 
 
 class ListDataset:
@@ -109,6 +191,17 @@ def iter_jsonl(file: Path):
             yield lineno, row
 
 
+def _history(row: dict, file: Path, lineno: int) -> tuple[tuple[str, str], ...]:
+    """The optional ``history`` field: earlier turns ``[{"question": str, "answer": str}, ...]``, oldest first."""
+    turns = row.get("history", [])
+    ok = isinstance(turns, list) and all(isinstance(t, dict) and isinstance(t.get("question"), str)
+                                         and isinstance(t.get("answer"), str) for t in turns)
+    if not ok:
+        raise ConfigError(f"{file}:{lineno}: field 'history' must be a list of objects with 'question' and 'answer' "
+                          f"strings (the earlier turns, oldest first)")
+    return tuple((t["question"], t["answer"]) for t in turns)
+
+
 def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
     """Read a JSONL file of ``{"question": str, "answer": str}`` rows; errors name the file, line and field.
 
@@ -129,7 +222,7 @@ def load_jsonl(path: str | os.PathLike, scored: bool = False) -> ListDataset:
         if scored and gold is None:
             raise ConfigError(f"{file}:{lineno}: field 'answer' ({row['answer'][:60]!r}) holds no number to score "
                               f"against; evaluation needs a '#### N' line or a final number in every answer")
-        items.append(Example(row["question"], row["answer"], gold, f"{file}:{lineno}"))
+        items.append(Example(row["question"], row["answer"], gold, f"{file}:{lineno}", _history(row, file, lineno)))
     if not items:
         raise ConfigError(f"{file} holds no rows; expected JSON objects with 'question' and 'answer', one per line")
     return ListDataset(items, str(file))
@@ -140,9 +233,9 @@ def load_dataset(spec: str, default_split: str = "train", size: int | None = Non
     """Resolve a dataset spec (``arith``, ``arith:test``, or a JSONL path). ``size`` limits a file to its first
     ``size`` rows and sets the number of built-in problems; ``seed`` picks the built-in problems; ``scored``: every
     answer must have a gold number (see :func:`load_jsonl`)."""
-    if spec == "arith" or spec.startswith("arith:"):
-        split = spec.split(":", 1)[1] if ":" in spec else default_split
-        return ArithDataset(split, size, seed)
+    if is_arith_spec(spec):
+        split, options = parse_arith_spec(spec, default_split)
+        return ArithDataset(split, size, seed, **options)
     if not (spec.endswith(".jsonl") or Path(spec).expanduser().is_file()):
         raise ConfigError(f"dataset {spec!r} is neither the built-in task ('arith', 'arith:train', 'arith:test') "
                           f"nor a JSONL file")
@@ -161,6 +254,8 @@ def write_jsonl(path: str | os.PathLike, examples) -> Path:
     lines = []
     for ex in examples:
         row = ex.to_json() if hasattr(ex, "to_json") else {"question": ex.question, "answer": ex.answer}
+        if getattr(ex, "history", ()):
+            row["history"] = [{"question": q, "answer": a} for q, a in ex.history]
         lines.append(json.dumps(row, ensure_ascii=False))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return Path(path)

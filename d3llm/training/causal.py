@@ -1,11 +1,13 @@
 """The next-token objective of ``d3llm train --objective causal``: the autoregressive baseline of a task.
 
 The same data, tokenizer, batches (examples ``[s * G, (s + 1) * G)`` of the stream at step s, left-padded prompts,
-responses of exactly ``response_length`` tokens), checkpoints, resume and data parallelism as masked-diffusion SFT
+the same conversations), checkpoints, resume and data parallelism as masked-diffusion SFT
 (:mod:`d3llm.training.sft`, whose objective this one extends), with :func:`~d3llm.training.loss.causal_lm_loss`
 instead of the masked-diffusion loss, on a causal model (``llama-small``: the teacher's shape). The result is a
 Llama-layout folder that transformers' ``LlamaForCausalLM`` loads as it is; ``--eval-decode autoregressive``
-measures exact match with the KV-cached one-token-per-forward decoder.
+measures exact match with the KV-cached one-token-per-forward decoder. A causal model never sees the positions after
+its first end-of-text, so its rows hold the answer, the end-of-turn token and one end-of-text only (no canvas mix:
+the padding a diffusion model is trained on would be computed and never scored).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class CausalLMObjective(MaskedDiffusionObjective):
 
     name = "causal"
     resume_keys = ("objective", "data", "train_size", "batch_size", "seed", "model", "set", "response_length",
-                   "data_seed")
+                   "data_seed", "turns")
     uses_noise = False
 
     def check_model(self, model) -> None:
@@ -37,9 +39,13 @@ class CausalLMObjective(MaskedDiffusionObjective):
         """Greedy ``autoregressive`` decoding of the response length; the keys transformers reads (``do_sample``,
         ``max_new_tokens`` and the special ids) mean the same for its ``generate``."""
         c = model.config
-        values = {"max_new_tokens": self.cfg.response_length, "do_sample": False, "method": "autoregressive",
+        values = {"max_new_tokens": self.cfg.decode_length, "do_sample": False, "method": "autoregressive",
                   "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id}
         return GenerationConfig.from_dict({k: v for k, v in values.items() if v is not None})
+
+    def encode(self, example, drawn: int):
+        """The answer, its end-of-turn token and one end-of-text (what the loss scores; ``drawn`` is not used)."""
+        return self.encoder.encode_example(example, len(self.encoder.answer_ids(example.answer)) + 1)
 
     def example_loss(self, net, batch: Batch, t: torch.Tensor | None, u: torch.Tensor | None):
         return causal_lm_loss(net, batch, self.encoder.eos_id)

@@ -1,12 +1,14 @@
 """Turning (question, answer) examples into masked-diffusion training batches.
 
-A row is ``prompt ++ response``. The prompt is the chat-templated question (the tokenizer's own template, with the
-generation prompt; a tokenizer without a template gets the raw question). The response is the answer's tokens, the
-end-of-turn token when the tokenizer has one (``<|eot_id|>``), then end-of-text padding up to exactly
-``response_length`` tokens, the canvas length the decoders fill (LLaDA guidelines: answers padded with EOS, and the
-padding counts as response). Prompts of a batch are left-padded (``attention_mask`` 0, never attended to, rotary
-positions counted from the first real token), so every row sees exactly the canvas a batch-1 decoder would build,
-and the response occupies the same last ``response_length`` columns of every row.
+A row is ``prompt ++ response``. The prompt is the chat-templated conversation (the tokenizer's own template, with
+the generation prompt; earlier turns, when the example has them, come first; a tokenizer without a template gets
+the raw question). The response is the answer's tokens, the end-of-turn token when the tokenizer has one
+(``<|eot_id|>``), then end-of-text padding up to the row's *canvas* length, the number of new tokens a decoder
+fills (LLaDA guidelines: answers padded with EOS, and the padding counts as response). The canvas may differ
+between rows (training draws it from a mix, so a model decodes correctly on any canvas): a batch is as wide as its
+longest canvas, and the columns past a shorter row's canvas are dead (``attention_mask`` 0, ``response_mask``
+False, never attended to, never scored). Prompts are left-padded the same way (rotary positions counted from the
+first real token), so every row sees exactly the canvas a batch-1 decoder would build.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from d3llm.errors import ConfigError
-from d3llm.models.prompts import encode_prompt, end_of_turn_id
+from d3llm.models.prompts import encode_messages, encode_prompt, end_of_turn_id
 
 
 @dataclass
 class Encoded:
-    """Token ids of one example: ``prompt`` and ``response`` (length ``response_length``, EOS-padded)."""
+    """Token ids of one example: ``prompt`` and ``response`` (the canvas: EOS-padded answer)."""
 
     prompt: list[int]
     response: list[int]
@@ -30,25 +32,37 @@ class Encoded:
 
 @dataclass
 class Batch:
-    """``input_ids``/``attention_mask`` ``[B, L]``; the response is columns ``[L - response_length, L)``."""
+    """``input_ids``/``attention_mask`` ``[B, L]``; the response is columns ``[L - response_length, L)``, of which
+    row b's canvas is the first ``canvas_lengths[b]`` (``response_mask`` ``[B, response_length]``; None: every row
+    fills the whole width)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_length: int
+    response_mask: torch.Tensor | None = None
 
     @property
     def response_start(self) -> int:
         return self.input_ids.shape[1] - self.response_length
 
+    @property
+    def canvas_lengths(self) -> torch.Tensor:
+        """``[B]`` the canvas length of every row."""
+        if self.response_mask is None:
+            return torch.full((self.input_ids.shape[0],), self.response_length, device=self.input_ids.device)
+        return self.response_mask.sum(dim=1)
+
     def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_length)
+        mask = self.response_mask.to(device) if self.response_mask is not None else None
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_length, mask)
 
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
 
 class Encoder:
-    """Tokenises examples for a tokenizer and a fixed ``response_length`` (see the module docstring)."""
+    """Tokenises examples for a tokenizer; ``response_length`` is the canvas of an example encoded without one of its
+    own (see the module docstring)."""
 
     def __init__(self, tokenizer, response_length: int, max_prompt_length: int | None = None):
         if tokenizer.eos_token_id is None:
@@ -61,34 +75,54 @@ class Encoder:
         self.eos_id = tokenizer.eos_token_id
         self.eot_id = end_of_turn_id(tokenizer)
 
-    def encode(self, question: str, answer: str, source: str = "") -> Encoded:
+    def answer_ids(self, answer: str) -> list[int]:
+        """The answer's tokens and the end-of-turn token (what must fit in a canvas)."""
+        ids = self.tokenizer.encode(answer.strip(), add_special_tokens=False)
+        return ids + ([self.eot_id] if self.eot_id is not None else [])
+
+    def encode(self, question: str, answer: str, source: str = "", history: tuple = (),
+               canvas: int | None = None) -> Encoded:
+        """One example; ``history``: earlier (question, answer) turns; ``canvas``: its response length (default
+        ``response_length``)."""
         tok = self.tokenizer
-        prompt = encode_prompt(tok, question)
-        answer_ids = tok.encode(answer.strip(), add_special_tokens=False)
-        body = answer_ids + ([self.eot_id] if self.eot_id is not None else [])
-        if len(body) > self.response_length:
+        if history:
+            messages = [m for q, a in history for m in ({"role": "user", "content": q},
+                                                        {"role": "assistant", "content": a})]
+            prompt = encode_messages(tok, messages + [{"role": "user", "content": question}])
+        else:
+            prompt = encode_prompt(tok, question)
+        body = self.answer_ids(answer)
+        length = canvas if canvas is not None else self.response_length
+        if len(body) > length:
             raise ConfigError(
                 f"{source or 'an example'}: the answer takes {len(body)} tokens (with the end-of-turn token), more "
-                f"than the response length {self.response_length}; raise --response-length or shorten the answers"
+                f"than the response length {length}; raise --response-length or shorten the answers"
             )
         if self.max_prompt_length is not None and len(prompt) > self.max_prompt_length:
             raise ConfigError(
                 f"{source or 'an example'}: the prompt takes {len(prompt)} tokens, more than the maximum "
                 f"{self.max_prompt_length}"
             )
-        return Encoded(prompt, body + [self.eos_id] * (self.response_length - len(body)), len(answer_ids))
+        n_answer = len(body) - (1 if self.eot_id is not None else 0)
+        return Encoded(prompt, body + [self.eos_id] * (length - len(body)), n_answer)
 
-    def encode_example(self, example) -> Encoded:
-        return self.encode(example.question, example.answer, getattr(example, "source", ""))
+    def encode_example(self, example, canvas: int | None = None) -> Encoded:
+        return self.encode(example.question, example.answer, getattr(example, "source", ""),
+                           getattr(example, "history", ()), canvas)
 
     def collate(self, items: list[Encoded]) -> Batch:
-        """Left-pad prompts (pad id = EOS, attention mask 0) and append the responses."""
+        """Left-pad prompts (pad id = EOS, attention mask 0), append the responses, and right-pad shorter canvases
+        with dead columns (attention mask 0, ``response_mask`` False)."""
         width = max(len(e.prompt) for e in items)
-        ids = torch.full((len(items), width + self.response_length), self.eos_id, dtype=torch.long)
+        span = max(len(e.response) for e in items)
+        ids = torch.full((len(items), width + span), self.eos_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
+        response_mask = torch.zeros(len(items), span, dtype=torch.bool)
         for row, e in enumerate(items):
-            start = width - len(e.prompt)
+            start, end = width - len(e.prompt), width + len(e.response)
             ids[row, start:width] = torch.tensor(e.prompt, dtype=torch.long)
-            ids[row, width:] = torch.tensor(e.response, dtype=torch.long)
-            mask[row, start:] = 1
-        return Batch(ids, mask, self.response_length)
+            ids[row, width:end] = torch.tensor(e.response, dtype=torch.long)
+            mask[row, start:end] = 1
+            response_mask[row, :len(e.response)] = True
+        uniform = bool(response_mask.all())
+        return Batch(ids, mask, span, None if uniform else response_mask)

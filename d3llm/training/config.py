@@ -103,7 +103,9 @@ class TrainConfig(LoopConfig):
     set: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
     eps: float = 1e-3
-    response_length: int = 48
+    response_length: int | None = None  # a fixed canvas (when canvas_lengths is not given); see canvas_mix()
+    canvas_lengths: str | None = None   # a mix (d3llm.training.mixes); None: DEFAULT_CANVAS_MIX
+    turns: str | None = None            # built-in task: mix of questions per conversation; None: DEFAULT_TURN_MIX
     train_size: int | None = None
     data_seed: int = 0
     eval_size: int = 200
@@ -112,10 +114,41 @@ class TrainConfig(LoopConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("response_length", "eval_size", "eval_decode_size"):
+        for name in ("eval_size", "eval_decode_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.response_length is not None and self.response_length <= 0:
+            raise ConfigError(f"--response-length must be positive, got {self.response_length}")
+        self.canvas_mix()
+        self.turn_mix()
         if not 0 < self.eps < 1:
             raise ConfigError(f"--eps must lie in (0, 1), got {self.eps}")
         if self.objective not in SFT_OBJECTIVES:
             raise ConfigError(f"--objective {self.objective!r} is not one of {', '.join(SFT_OBJECTIVES)}")
+
+    def canvas_mix(self):
+        """The canvas lengths of training rows (:class:`~d3llm.training.mixes.Mix`): ``--canvas-lengths``, else the
+        fixed ``--response-length``, else :data:`~d3llm.training.mixes.DEFAULT_CANVAS_MIX`."""
+        from d3llm.training.mixes import DEFAULT_CANVAS_MIX, Mix
+
+        if self.canvas_lengths is not None:
+            return Mix.parse(self.canvas_lengths, "--canvas-lengths")
+        if self.response_length is not None:
+            return Mix.parse(str(self.response_length), "--response-length")
+        return Mix.parse(DEFAULT_CANVAS_MIX, "--canvas-lengths")
+
+    def turn_mix(self):
+        """Questions per training conversation (built-in task): ``--turns``, else the default mix."""
+        from d3llm.tasks.arith import MAX_TURNS
+        from d3llm.training.mixes import DEFAULT_TURN_MIX, Mix
+
+        return Mix.parse(self.turns if self.turns is not None else DEFAULT_TURN_MIX, "--turns", 1, MAX_TURNS)
+
+    @property
+    def decode_length(self) -> int:
+        """New tokens of the model's default decoding (``generation_config.json``) and of the in-run evaluation:
+        ``--response-length`` when given, else the smallest canvas of the mix of at least 48."""
+        if self.response_length is not None:
+            return self.response_length
+        values = self.canvas_mix().values
+        return next((v for v in values if v >= 48), values[-1])

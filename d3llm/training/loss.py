@@ -2,9 +2,9 @@
 loss of a causal model (the autoregressive baseline, :func:`causal_lm_loss`).
 
 For each sequence a ratio ``t ~ U(0, 1)`` is drawn and ``p = (1 - eps) * t + eps``; every response token is
-replaced by the mask token independently with probability ``p`` (the prompt never is); the loss is the sum over
-masked tokens of ``CE / p`` divided by the response length of that sequence (EOS padding included), averaged over
-the batch. This is an upper bound on the negative log-likelihood of the response (the masked-diffusion ELBO).
+replaced by the mask token independently with probability ``p`` (the prompt never is, nor a dead column past a
+shorter row's canvas); the loss is the sum over masked tokens of ``CE / p`` divided by the canvas length of that
+sequence (EOS padding included), averaged over the batch. This is an upper bound on the negative log-likelihood of the response (the masked-diffusion ELBO).
 
 The randomness is drawn for the response columns only (``t`` ``[B]`` and uniforms ``u`` ``[B, R]``), so a global
 batch can draw it once and hand each data-parallel rank its rows: one process and many see the same masks.
@@ -55,7 +55,8 @@ def add_noise(batch: Batch, mask_id: int, t: torch.Tensor, u: torch.Tensor, eps:
         raise ValueError(f"noise shapes t {tuple(t.shape)}, u {tuple(u.shape)} do not match the batch [{bsz}, R={r}]")
     p = ((1 - eps) * t + eps).to(ids.device)
     masked = torch.zeros(bsz, length, dtype=torch.bool, device=ids.device)
-    masked[:, length - r:] = u.to(ids.device) < p[:, None]
+    hit = u.to(ids.device) < p[:, None]
+    masked[:, length - r:] = hit if batch.response_mask is None else hit & batch.response_mask
     noisy = ids.masked_fill(masked, mask_id)
     return noisy, masked, p
 
@@ -70,7 +71,8 @@ def masked_diffusion_loss(model, batch: Batch, mask_id: int, t: torch.Tensor, u:
     if rows.numel() == 0:
         return LossOutput(loss=logits.sum() * 0.0, masked=0, ce_sum=0.0)
     ce = F.cross_entropy(logits[rows, cols].float(), batch.input_ids[rows, cols], reduction="none")
-    loss = (ce / p[rows]).sum() / batch.response_length / batch.input_ids.shape[0]
+    per_row = torch.zeros(batch.input_ids.shape[0], device=ce.device).index_add(0, rows, ce / p[rows])
+    loss = (per_row / batch.canvas_lengths.to(ce.device)).mean()
     return LossOutput(loss=loss, masked=int(rows.numel()), ce_sum=float(ce.detach().sum()))
 
 
@@ -91,6 +93,8 @@ def causal_lm_loss(model, batch: Batch, eos_id: int | None) -> LossOutput:
         is_eos = target == eos_id
         # positions after the first EOS: an EOS strictly before them in the response
         counted = (is_eos.long().cumsum(dim=1) - is_eos.long()) == 0
+    if batch.response_mask is not None:
+        counted = counted & batch.response_mask
     ce = F.cross_entropy(logits[:, start:].float().transpose(1, 2), target, reduction="none")  # [B, R]
     per_sequence = (ce * counted).sum(dim=1) / counted.sum(dim=1)
     return LossOutput(loss=per_sequence.mean(), masked=int(counted.sum()), ce_sum=float(ce.detach()[counted].sum()))

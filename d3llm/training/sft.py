@@ -20,6 +20,7 @@ from d3llm.models.generation_config import GenerationConfig
 from d3llm.training import distributed as distm
 from d3llm.training.collate import Batch, Encoder
 from d3llm.training.loss import draw_noise, masked_diffusion_loss
+from d3llm.training.mixes import Mix
 from d3llm.training.config import TrainConfig
 from d3llm.training.objective import Objective, StepLoss, seed_of
 
@@ -100,23 +101,41 @@ def _build_model(cfg: TrainConfig, tokenizer):
     return build_model(cfg.model, seed=cfg.seed, **overrides)
 
 
-def _check_lengths(cfg: TrainConfig, encoder: Encoder, dataset, model) -> None:
+def _length_flag(cfg: TrainConfig) -> str:
+    if cfg.canvas_lengths is not None:
+        return f"--canvas-lengths {cfg.canvas_lengths}"
+    if cfg.response_length is not None:
+        return f"--response-length {cfg.response_length}"
+    return "the default canvas mix"
+
+
+def _check_lengths(cfg: TrainConfig, encoder: Encoder, dataset, model, turns: Mix | None) -> None:
     """Fail at start, not at step 3000: every example of a file must fit; the built-in task has a known bound."""
     from d3llm.tasks.arith import MAX_ANSWER_TOKENS
 
-    max_len = model.config.max_length
+    max_len, canvas = model.config.max_length, cfg.canvas_mix()
     if getattr(dataset, "iid", False):
         need = MAX_ANSWER_TOKENS + (1 if encoder.eot_id is not None else 0)
-        if cfg.response_length < need:
-            raise ConfigError(f"--response-length {cfg.response_length} is too short for the built-in task: its "
-                              f"answers take up to {need} tokens with the end-of-turn token")
-        sample = [encoder.encode_example(dataset[i]) for i in range(min(len(dataset), 256))]
+        if canvas.values[-1] < need:
+            raise ConfigError(f"{_length_flag(cfg)} is too short for the built-in task: its answers take up to "
+                              f"{need} tokens with the end-of-turn token")
+        most = turns.values[-1] if turns is not None else 1
+        sample = [encoder.encode_example(dataset.example(i, most) if turns is not None else dataset[i], need)
+                  for i in range(min(len(dataset), 64))]
     else:
-        sample = [encoder.encode_example(dataset[i]) for i in range(len(dataset))]
-    longest = max(len(e.prompt) for e in sample) + cfg.response_length
+        sample = []
+        for i in range(len(dataset)):
+            ex = dataset[i]
+            n = len(encoder.answer_ids(ex.answer))
+            if n > canvas.values[-1]:
+                raise ConfigError(f"{getattr(ex, 'source', '') or 'an example'}: the answer takes {n} tokens (with the "
+                                  f"end-of-turn token), more than the longest canvas of {_length_flag(cfg)}; raise "
+                                  f"--response-length or --canvas-lengths, or shorten the answers")
+            sample.append(encoder.encode_example(ex, n))
+    longest = max(len(e.prompt) for e in sample) + canvas.values[-1]
     if longest > max_len:
-        raise ConfigError(f"sequences of {longest} tokens (prompt + --response-length {cfg.response_length}) exceed "
-                          f"the model's max_sequence_length {max_len}")
+        raise ConfigError(f"sequences of {longest} tokens (prompt + the longest canvas of {_length_flag(cfg)}) "
+                          f"exceed the model's max_sequence_length {max_len}")
 
 
 def decode_accuracy(model, tokenizer, prompts: list[list[int]], golds: list[str], method: str,
@@ -135,15 +154,18 @@ def decode_accuracy(model, tokenizer, prompts: list[list[int]], golds: list[str]
 
 
 class Evaluator:
-    """Held-out loss of the objective on fixed examples with fixed masks (comparable across steps and runs)."""
+    """Held-out loss of the objective on fixed examples with fixed canvases and masks (comparable across steps and
+    runs; the canvases are drawn from the run's mix once, like the masks)."""
 
     def __init__(self, cfg: TrainConfig, encoder: Encoder, dataset, objective: "MaskedDiffusionObjective"):
         n = min(cfg.eval_size, len(dataset))
         self.examples = [dataset[i] for i in range(n)]
-        self.encoded = [encoder.encode_example(e) for e in self.examples]
-        self.encoder, self.objective, self.cfg = encoder, objective, cfg
+        mix = cfg.canvas_mix()
         gen = torch.Generator().manual_seed(seed_of("eval", 12345))
-        self.t, self.u = draw_noise(n, cfg.response_length, gen)
+        self.t, self.u = draw_noise(n, mix.values[-1], gen)
+        self.encoded = [objective.encode(e, mix.draw(gen)) for e in self.examples]
+        self.decode_encoded = [encoder.encode_example(e, cfg.decode_length) for e in self.examples]
+        self.encoder, self.objective, self.cfg = encoder, objective, cfg
 
     @torch.no_grad()
     def loss(self, model, device) -> float:
@@ -152,7 +174,8 @@ class Evaluator:
         total, bs = 0.0, self.cfg.batch_size
         for i in range(0, len(self.encoded), bs):
             batch = self.encoder.collate(self.encoded[i:i + bs]).to(device)
-            out = self.objective.example_loss(model, batch, self.t[i:i + bs], self.u[i:i + bs])
+            u = self.u[i:i + bs, :batch.response_length]
+            out = self.objective.example_loss(model, batch, self.t[i:i + bs], u)
             total += float(out.loss) * batch.input_ids.shape[0]
         model.train(was_training)
         return total / len(self.encoded)
@@ -160,19 +183,19 @@ class Evaluator:
     @torch.no_grad()
     def accuracy(self, model, tokenizer, method: str) -> dict[str, float]:
         """Exact match and TPF of answers decoded with ``d3llm.decoding.generate(method=...)`` on the first
-        ``eval_decode_size`` examples (``vanilla``: one token per forward, blocks of 32 when they divide the
-        response length; ``autoregressive``: the response length)."""
+        ``eval_decode_size`` examples on a canvas of ``decode_length`` (``vanilla``: one token per forward, blocks
+        of 32 when they divide it; ``autoregressive``: at most that many tokens)."""
         from d3llm.decoding.methods import METHODS
 
         n = min(self.cfg.eval_decode_size, len(self.examples))
-        length = self.cfg.response_length
+        length = self.cfg.decode_length
         params = {"max_new_tokens": length}
         if method not in METHODS or not METHODS[method].causal:  # block decoders (an unknown name fails in generate)
             params["block_size"] = 32 if length % 32 == 0 else length
         if method == "vanilla":
             params["steps"] = length
         golds = [e.gold if e.gold is not None else e.answer for e in self.examples[:n]]
-        return decode_accuracy(model, tokenizer, [e.prompt for e in self.encoded[:n]], golds, method, params)
+        return decode_accuracy(model, tokenizer, [e.prompt for e in self.decode_encoded[:n]], golds, method, params)
 
 
 @dataclass
@@ -193,7 +216,7 @@ class MaskedDiffusionObjective(Objective):
 
     name = "diffusion"
     resume_keys = ("objective", "data", "train_size", "batch_size", "seed", "model", "set", "response_length", "eps",
-                   "data_seed")
+                   "data_seed", "canvas_lengths", "turns")
     uses_noise = True  # draw the masking noise of every step (the masked-diffusion loss needs it)
 
     def __init__(self, cfg: TrainConfig):
@@ -207,14 +230,20 @@ class MaskedDiffusionObjective(Objective):
         self.dataset = load_dataset(cfg.data, "train", cfg.train_size, cfg.data_seed)
         self.data_name = self.dataset.name
         self.tokenizer, self.tokenizer_dir = _tokenizer_for(cfg, info, out)
-        self.encoder = Encoder(self.tokenizer, cfg.response_length)
+        self.encoder = Encoder(self.tokenizer, cfg.decode_length)
+        self.canvas = cfg.canvas_mix()
+        # conversations of several turns: the built-in task builds them; a file's rows bring their own history
+        self.turns = cfg.turn_mix() if hasattr(self.dataset, "example") else None
+        if cfg.turns is not None and self.turns is None:
+            raise ConfigError(f"--turns builds conversations of the built-in task; {cfg.data!r} is a file (give its "
+                              f"rows a 'history' list of earlier question/answer turns instead)")
         model = _build_model(cfg, self.tokenizer)
         self.mask_id = model.config.mask_token_id
         self.check_model(model)
         if self.tokenizer.eos_token_id != model.config.eos_token_id:
             raise ConfigError(f"the tokenizer's eos_token_id {self.tokenizer.eos_token_id} differs from the model's "
                               f"eos_token_id {model.config.eos_token_id}")
-        _check_lengths(cfg, self.encoder, self.dataset, model)
+        _check_lengths(cfg, self.encoder, self.dataset, model, self.turns)
         model.generation_config = self.generation_defaults(model)
         eval_spec = cfg.eval_data or ("arith:test" if cfg.data.split(":")[0] == "arith" else None)
         if eval_spec is not None and info.is_main:
@@ -223,18 +252,35 @@ class MaskedDiffusionObjective(Objective):
         self.model = model
         self.stream = DataStream(self.dataset, cfg.data_seed)
 
+    def encode(self, example, drawn: int):
+        """``example`` on the smallest canvas of the mix that is at least ``drawn`` and holds its answer."""
+        need = len(self.encoder.answer_ids(example.answer))
+        canvas = self.canvas.fit(drawn, need)
+        if canvas is None:
+            raise ConfigError(f"{example.source or 'an example'}: the answer takes {need} tokens (with the end-of-turn "
+                              f"token), more than the longest canvas of {_length_flag(self.cfg)}")
+        return self.encoder.encode_example(example, canvas)
+
+    def bucket(self, step: int) -> tuple[int, int | None]:
+        """Step ``step``'s drawn canvas length and number of turns (every row of the global batch shares them)."""
+        gen = torch.Generator().manual_seed(seed_of("bucket", self.cfg.seed, step))
+        drawn = self.canvas.draw(gen)
+        return drawn, (self.turns.draw(gen) if self.turns is not None else None)
+
     def batch(self, step: int, rank: int, world_size: int, device) -> SFTBatch:
         cfg = self.cfg
         local_bs = cfg.batch_size // world_size
         first = step * cfg.batch_size + rank * local_bs
-        items = [self.encoder.encode_example(self.dataset[self.stream.index(g)]) for g in range(first, first + local_bs)]
-        batch = self.encoder.collate(items).to(device)
+        drawn, turns = self.bucket(step)
+        examples = [self.dataset.example(self.stream.index(g), turns) if turns is not None
+                    else self.dataset[self.stream.index(g)] for g in range(first, first + local_bs)]
+        batch = self.encoder.collate([self.encode(e, drawn) for e in examples]).to(device)
         if not self.uses_noise:
             return SFTBatch(batch, None, None)
         gen = torch.Generator().manual_seed(seed_of("noise", cfg.seed, step))
-        t, u = draw_noise(cfg.batch_size, cfg.response_length, gen)
+        t, u = draw_noise(cfg.batch_size, self.canvas.values[-1], gen)  # one width for every rank and bucket
         rows = slice(rank * local_bs, (rank + 1) * local_bs)
-        return SFTBatch(batch, t[rows], u[rows])
+        return SFTBatch(batch, t[rows], u[rows, :batch.response_length])
 
     def check_model(self, model) -> None:
         """Refuse a model this objective cannot train (a ConfigError naming the model and what to use)."""
@@ -246,7 +292,7 @@ class MaskedDiffusionObjective(Objective):
 
     def generation_defaults(self, model) -> GenerationConfig:
         """The decoding defaults written into the trained model's folder (``generation_config.json``)."""
-        return GenerationConfig.for_trained_model(self.cfg.response_length, model.config.eos_token_id,
+        return GenerationConfig.for_trained_model(self.cfg.decode_length, model.config.eos_token_id,
                                                   model.config.pad_token_id, base=model.generation_config)
 
     def example_loss(self, net, batch: Batch, t: torch.Tensor | None, u: torch.Tensor | None):
