@@ -68,11 +68,11 @@ def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[li
     ids of ``length``. Returns the prompts and a description of where they came from."""
     if Path(source).is_dir() and (Path(source) / "tokenizer.json").is_file():
         from d3llm.tasks.data import ArithDataset
-        from d3llm.models.prompts import encode_prompt
+        from d3llm.models.prompts import encode_conversation
 
         tokenizer = d3llm.load_tokenizer(source)
         data = ArithDataset("test", size=n, seed=seed)
-        prompts = [encode_prompt(tokenizer, ex.question) for ex in data]
+        prompts = [encode_conversation(tokenizer, ex.question, getattr(ex, "history", ())) for ex in data]
         return prompts, f"arith:test[:{n}] with the chat template"
     g = torch.Generator().manual_seed(seed)
     hi = min(model.config.vocab_size, model.config.mask_token_id or model.config.vocab_size) - 1

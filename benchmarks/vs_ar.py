@@ -37,7 +37,7 @@ import d3llm
 from d3llm.assets import ASSETS
 from d3llm.eval.environment import environment, record_path, write_record
 from d3llm.eval.runner import evaluate
-from d3llm.models.prompts import encode_prompt
+from d3llm.models.prompts import encode_conversation
 from d3llm.tasks.data import load_dataset
 from d3llm.tasks.scoring import score
 
@@ -84,7 +84,7 @@ def transformers_row(label, folder, tokenizer, dataset, batch, limit) -> dict:
 
     hf.forward = timed_forward
     examples = [dataset[i] for i in range(min(limit, len(dataset)))]
-    prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
+    prompts = [encode_conversation(tokenizer, ex.question, getattr(ex, "history", ())) for ex in examples]
 
     def run(chunk):
         width = max(len(p) for p in chunk)

@@ -320,3 +320,43 @@ def test_targets_from_the_source_data(setup, tmp_path):
     assert torch.isfinite(objective.loss(objective.model, batch).loss)
     with pytest.raises(d3llm.ConfigError, match="--targets data needs --data"):
         DistillConfig(out="x", teacher="t", trajectories="t", targets="data").validate()
+
+
+def test_trajectory_sets_of_several_canvas_lengths_train_together(setup, tmp_path):
+    """``--trajectories A,B``: each step takes its whole batch from one set (its canvas width), in proportion to the
+    set sizes, reading every set in order; a resumed run is exact and two-turn prompts are extracted as chat."""
+    from d3llm.distill.objective import DistillationObjective, SetSchedule
+    from d3llm.distill.config import DistillConfig
+    from d3llm.training import distributed as distm
+
+    teacher, short = setup["llada"]
+    long = tmp_path / "long"
+    args = extract_args(teacher, long, 8, "--attempts", "1", "--gen-length", "32", "--data", "arith:train:turns=2")
+    assert main(args) == 0
+    sched = SetSchedule([16, 8], seed=0)
+    picks = [sched.at(s) for s in range(300)]
+    assert [p for p in picks if p[0] == 0][:3] == [(0, 0), (0, 1), (0, 2)]  # each set read in order
+    assert 0.55 < sum(p[0] == 0 for p in picks) / 300 < 0.78 and SetSchedule([16, 8], 0).at(123) == picks[123]
+    cfg = DistillConfig(out=str(tmp_path / "o"), teacher=str(teacher), trajectories=f"{short},{long}", batch_size=4,
+                        eval_size=0, keep_incorrect=True, window_sizes=[8, 16], threads=1, progress=False)
+    obj = DistillationObjective(cfg)
+    obj.setup(distm.DistInfo(), tmp_path / "o")
+    assert obj.lengths == [16, 32] and len(obj.examples) == 24
+    for step in range(12):
+        k, _ = obj.schedule.at(step)
+        batch = obj.batch(step, 0, 1, "cpu")
+        n = obj.lengths[k]  # the response is the last n columns: each row's block lies there, nothing before
+        block = batch.hidden | batch.hidden_complement
+        assert block[:, -n:].any() and not block[:, :-n].any()
+        assert not (batch.noisy[:, :-n] == obj.mask_id).any()
+        if k == 1:  # two-turn prompts: two user turns in the chat template
+            text = obj.tokenizer.decode(batch.targets[0][batch.attention_mask[0].bool()])
+            assert text.count("<|start_header_id|>user") == 2
+    out = tmp_path / "student"
+    run = distill_args(teacher, f"{short},{long}", out, "--steps", "6", "--save-every", "3")
+    assert main(run) == 0
+    full = _log(out, wall_clock=False)
+    shutil.rmtree(out / "checkpoints" / "step-000006")
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _log(out)[:3]))
+    assert main(run + ["--resume"]) == 0
+    assert _log(out, wall_clock=False) == full

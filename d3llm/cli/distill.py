@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("teacher and data")
     g.add_argument("--teacher", default=None, help="teacher model folder; the student starts from it (default: the "
                                                    "shipped arith teacher)")
-    g.add_argument("--trajectories", required=True, help="folder written by 'd3llm trajectories extract'")
+    g.add_argument("--trajectories", required=True,
+                   help="folder written by 'd3llm trajectories extract', or several separated by commas (e.g. one "
+                        "per canvas length: each step trains on one set, chosen in proportion to its size)")
     g.add_argument("--targets", choices=["teacher", "data"], default=d.targets,
                    help="train on the teacher's own outputs or on the source data's responses (default: %(default)s)")
     g.add_argument("--data", default=None, help="the source data (with --targets data)")

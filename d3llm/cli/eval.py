@@ -2,6 +2,8 @@
 
     d3llm eval --limit 100                                   # the shipped teacher on arith, its decoding defaults
     d3llm eval --task arith --method vanilla --limit 100     # one token per forward
+    d3llm eval --turns 2 --limit 100                         # each question after one earlier turn of chat
+    d3llm eval --task arith:test:steps=1                     # the one-step questions only
     d3llm eval --model DIR --task data.jsonl --method multi_block --threshold 0.5 --json --out eval.json
 """
 
@@ -18,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "eval", "evaluate a decoder setting on a task", __doc__)
     p.add_argument("--task", default="arith", help="'arith' (its test split), 'arith:train', or a JSONL file with "
                                                     "'question' and 'answer' fields (default: arith)")
+    p.add_argument("--turns", type=int, default=None, metavar="N",
+                   help="built-in task: ask each question as the last of a conversation of N questions (the earlier "
+                        "ones answered in the chat history; the same last questions as one turn)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.errors import ConfigError
     from d3llm.eval.runner import evaluate
     from d3llm.files import atomic_write_text
-    from d3llm.tasks.data import load_dataset
+    from d3llm.tasks.data import load_dataset, with_turns
 
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     out = output_file(args.out)
     folder = model_folder(args)
-    dataset = load_dataset(args.task, default_split="test", scored=True)
+    dataset = load_dataset(with_turns(args.task, args.turns), default_split="test", scored=True)
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
     apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_threads_flag(p)
     p.add_argument("--config", default=None, metavar="SWEEP.yaml", help="what to sweep (see d3llm.eval.sweep)")
     p.add_argument("--task", default=None, help="'arith' (its test split) or a JSONL file (default: arith)")
+    p.add_argument("--turns", type=int, default=None, metavar="N",
+                   help="built-in task: each question as the last of a conversation of N questions")
     p.add_argument("--methods", default=None, help="comma-separated methods to sweep (without --config)")
     p.add_argument("--thresholds", default=None, help="comma-separated thresholds for every --methods entry")
     p.add_argument("--limit", type=int, default=None, help="problems per point (default: the whole test set)")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.errors import ConfigError
     from d3llm.eval.sweep import SWEEPABLE, SweepConfig, output_paths, run_sweep, write_outputs
     from d3llm.files import check_output_file
+    from d3llm.tasks.data import with_turns
 
     if args.config:
         if args.methods or args.thresholds:
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("task", "limit", "batch_size", "metric"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    config.task = with_turns(config.task, args.turns)
     if config.limit is not None and config.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of problems, got {config.limit}")
     if config.batch_size <= 0:

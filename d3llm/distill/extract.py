@@ -47,6 +47,7 @@ class SourceRow:
     prompt_ids: list[int] | None
     gold: str | None
     response: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns of a conversation
 
 
 def boxed_answer(text: str) -> str | None:
@@ -103,15 +104,17 @@ def answer_matches(generated: str, gold: str | None) -> bool:
 
 def load_source(spec: str, limit: int | None, data_seed: int) -> tuple[list[SourceRow], dict]:
     """The rows to decode and a description of where they came from (for the manifest)."""
-    if spec == "arith" or spec.startswith("arith:"):
-        from d3llm.tasks.data import ArithDataset
+    from d3llm.tasks.data import is_arith_spec
 
-        split = spec.split(":", 1)[1] if ":" in spec else "train"
+    if is_arith_spec(spec):
+        from d3llm.tasks.data import load_dataset
+
         if limit is None:
             raise ConfigError("--data arith is an endless stream of problems: pass --limit N (how many to decode)")
-        data = ArithDataset(split, limit, data_seed)
-        rows = [SourceRow(i, ex.question, None, ex.gold, ex.answer) for i, ex in enumerate(data[i] for i in range(limit))]
-        return rows, {"spec": f"arith:{split}", "limit": limit, "data_seed": data_seed}
+        data = load_dataset(spec, "train", limit, data_seed)
+        rows = [SourceRow(i, ex.question, None, ex.gold, ex.answer, ex.history)
+                for i, ex in enumerate(data[i] for i in range(len(data)))]
+        return rows, {"spec": data.name, "limit": limit, "data_seed": data_seed}
     file = Path(spec).expanduser()
     if not file.is_file():
         raise ConfigError(f"--data {spec!r} is neither the built-in task ('arith', 'arith:train') nor an existing "
@@ -151,12 +154,12 @@ def teacher_decoder(family: str, cfg: ExtractConfig) -> tuple[str, dict]:
 
 
 def prompt_of(row: SourceRow, tokenizer, chat_template: bool) -> list[int]:
-    from d3llm.models.prompts import encode_prompt
+    from d3llm.models.prompts import encode_conversation
 
     if row.prompt_ids is not None:
         return list(row.prompt_ids)
     if chat_template:
-        return encode_prompt(tokenizer, row.question)
+        return encode_conversation(tokenizer, row.question, row.history)
     return tokenizer.encode(row.question, add_special_tokens=False)
 
 

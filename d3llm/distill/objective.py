@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from d3llm.distill.curricula import noise_lower, window_size
 from d3llm.distill.masking import noisy_inputs, response_lengths
-from d3llm.distill.store import TrajectoryError, model_hashes, read_trajectories
+from d3llm.distill.store import TrajectoryError, canonical_key, model_hashes, read_trajectories
 from d3llm.errors import ConfigError
 from d3llm.training.collate import Encoded, Encoder
 from d3llm.distill.config import DistillConfig
@@ -147,29 +147,42 @@ class DistillationObjective(Objective):
         model = load_model(teacher, device="cpu")
         self.family = model.family
         self.tokenizer, self.tokenizer_dir = load_tokenizer(teacher), teacher
-        traj = read_trajectories(cfg.trajectories)
-        self._check_teacher(traj, teacher, model)
-        self.traj = traj
+        self.sets = [read_trajectories(folder) for folder in trajectory_folders(cfg.trajectories)]
+        for traj in self.sets:
+            self._check_teacher(traj, teacher, model)
+        traj = self.traj = self.sets[0]            # the first set's source and template define the evaluation
         cfg.teacher_hash = traj.manifest.get("teacher_hash")           # recorded with the options (resume check)
-        cfg.trajectories_hash = store_key(traj.manifest)
-        length = cfg.response_length or traj.gen_length
-        if length < traj.gen_length:
-            raise ConfigError(f"--response-length {length} is shorter than the trajectories' generation length "
-                              f"{traj.gen_length}")
-        self.response_length = length
-        self.encoder = Encoder(self.tokenizer, length)
+        keys = [store_key(t.manifest) for t in self.sets]
+        cfg.trajectories_hash = keys[0] if len(keys) == 1 else canonical_key(keys)
+        self.lengths = []
+        for t in self.sets:
+            length = max(cfg.response_length or 0, t.gen_length)
+            if cfg.response_length is not None and cfg.response_length < t.gen_length:
+                raise ConfigError(f"--response-length {cfg.response_length} is shorter than the generation length "
+                                  f"{t.gen_length} of the trajectories in {t.folder}")
+            self.lengths.append(length)
+        self.response_length = min(self.lengths)
+        self.encoder = Encoder(self.tokenizer, self.response_length)
         self.eos_id = self.tokenizer.eos_token_id
         self.mask_id = model.config.mask_token_id
-        self.examples = self._examples(traj)
+        self.set_examples = [self._examples(t, n) for t, n in zip(self.sets, self.lengths)]
+        self.examples = [e for part in self.set_examples for e in part]
         if not self.examples:
             raise TrajectoryError(f"{traj.folder}: no usable trajectories (every record is marked incorrect; pass "
                                   f"--keep-incorrect to train on them)")
-        longest = max(len(e[0].prompt) for e in self.examples) + length
-        if longest > model.config.max_length:
-            raise ConfigError(f"sequences of {longest} tokens exceed the teacher's max_sequence_length "
-                              f"{model.config.max_length}")
-        self.stream = DataStream(ListDataset(list(range(len(self.examples))), str(traj.folder)), cfg.seed)
-        self.data_name = f"{len(self.examples):,} trajectories from {traj.folder}"
+        for part, t, n in zip(self.set_examples, self.sets, self.lengths):
+            longest = max((len(e[0].prompt) for e in part), default=0) + n
+            if longest > model.config.max_length:
+                raise ConfigError(f"sequences of {longest} tokens ({t.folder}) exceed the teacher's "
+                                  f"max_sequence_length {model.config.max_length}")
+        self.streams = [DataStream(ListDataset(list(range(len(part))), str(t.folder)), cfg.seed if k == 0 else
+                                   seed_of("set", cfg.seed, k)) for k, (part, t) in
+                        enumerate(zip(self.set_examples, self.sets))]
+        self.schedule = SetSchedule([len(part) for part in self.set_examples], cfg.seed)
+        names = ", ".join(f"{len(part):,} of {t.gen_length} tokens from {t.folder}"
+                          for part, t in zip(self.set_examples, self.sets))
+        self.data_name = f"{len(self.examples):,} trajectories ({names})" if len(self.sets) > 1 else \
+            f"{len(self.examples):,} trajectories from {traj.folder}"
         self.entropy_weight = ENTROPY_WEIGHT[self.family] if cfg.entropy_weight is None else cfg.entropy_weight
         model.generation_config = self._generation_config(model.generation_config)
         if cfg.lora:
@@ -198,9 +211,9 @@ class DistillationObjective(Objective):
             raise TrajectoryError(f"{manifest_file}: mask_id {traj.mask_id} differs from the teacher's mask_token_id "
                                   f"{model.config.mask_token_id}")
 
-    def _examples(self, traj) -> list[tuple[Encoded, torch.Tensor]]:
-        """(encoded prompt + target response, padded order) per usable record."""
-        cfg, length, n = self.cfg, self.response_length, traj.gen_length
+    def _examples(self, traj, length: int) -> list[tuple[Encoded, torch.Tensor]]:
+        """(encoded prompt + target response of ``length`` tokens, padded order) per usable record."""
+        cfg, n = self.cfg, traj.gen_length
         correct = traj.columns.get("is_correct") or [True] * len(traj)
         responses = self._data_responses(traj) if cfg.targets == "data" else None
         pad_order = -1 if self.family == "dream" else n     # Dream: padding revealed; LLaDA: hidden
@@ -209,7 +222,8 @@ class DistillationObjective(Objective):
             if not cfg.keep_incorrect and correct[i] is False:
                 continue
             if responses is not None:
-                body = self.encoder.encode("", responses[int(traj.idx[i])], f"{cfg.data} row {traj.idx[i]}").response
+                body = self.encoder.encode("", responses[int(traj.idx[i])], f"{cfg.data} row {traj.idx[i]}",
+                                           canvas=length).response
             else:
                 body = traj.output_ids[i].tolist() + [self.eos_id] * (length - n)
             order = torch.full((length,), pad_order, dtype=torch.long)
@@ -264,6 +278,8 @@ class DistillationObjective(Objective):
 
     def batch(self, step: int, rank: int, world_size: int, device) -> DistillBatch:
         cfg = self.cfg
+        k, position = self.schedule.at(step)       # this step's trajectory set, and how many steps used it before
+        examples, stream, length = self.set_examples[k], self.streams[k], self.lengths[k]
         g_size, local = cfg.batch_size, cfg.batch_size // world_size
         micro = cfg.micro_batch_size or g_size
         gen = torch.Generator().manual_seed(seed_of("distill", cfg.seed, step))
@@ -272,10 +288,10 @@ class DistillationObjective(Objective):
         if cfg.fixed_noise is not None:
             t_micro = torch.full_like(t_micro, cfg.fixed_noise)
         block_u = torch.rand(g_size, generator=gen, dtype=torch.float64)
-        mask_u = torch.rand(g_size, self.response_length, generator=gen, dtype=torch.float64)
+        mask_u = torch.rand(g_size, length, generator=gen, dtype=torch.float64)
         rows = range(rank * local, (rank + 1) * local)
-        first = step * g_size
-        picked = [self.examples[self.stream.index(first + r)] for r in rows]
+        first = position * g_size
+        picked = [examples[stream.index(first + r)] for r in rows]
         batch = self.encoder.collate([e for e, _ in picked])
         order = torch.stack([o for _, o in picked])
         response = batch.input_ids[:, batch.response_start:]
@@ -284,7 +300,7 @@ class DistillationObjective(Objective):
         t = t_micro[piece_global]
         window = self.window(step)
         noisy = noisy_inputs(batch.input_ids, batch.response_start, order, lengths, window, t,
-                             block_u[list(rows)], mask_u[list(rows)], self.mask_id, self.traj.gen_length,
+                             block_u[list(rows)], mask_u[list(rows)], self.mask_id, self.sets[k].gen_length,
                              random_mask=cfg.random_mask, whole_response=cfg.whole_response)
         piece = piece_global - piece_global.min()
         return DistillBatch(noisy.noisy, noisy.complement, batch.attention_mask, batch.input_ids, noisy.hidden,
@@ -306,13 +322,13 @@ class DistillationObjective(Objective):
                                              "hidden_frac": parts.hidden / max(int(batch.targets.numel()), 1)})
 
     def epoch(self, examples: int) -> float:
-        return self.stream.epoch(examples)
+        return examples / len(self.examples)
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def eval_params(self) -> dict:
         cfg = self.cfg
-        return dict(MB_EVAL, max_new_tokens=self.traj.gen_length, block_size=cfg.eval_block_size or
-                    self.traj.gen_length, threshold=cfg.eval_threshold, cache_delay_iter=cfg.eval_cache_delay,
+        return dict(MB_EVAL, max_new_tokens=self.response_length, block_size=cfg.eval_block_size or
+                    self.response_length, threshold=cfg.eval_threshold, cache_delay_iter=cfg.eval_cache_delay,
                     refresh_interval=None)
 
     def evaluate(self, model, device) -> dict[str, float] | None:
@@ -351,11 +367,46 @@ class DistillationObjective(Objective):
         load_adapter_state(model, extra)
 
     def summary(self) -> dict[str, Any]:
-        m = self.traj.manifest
-        return {"teacher": str(Path(self.cfg.teacher).expanduser().resolve()), "trajectories": {
-            "folder": str(self.traj.folder), "rows": len(self.traj), "used": len(self.examples),
-            "decoder": m.get("decoder"), "source": m.get("source"), "teacher_hash": m.get("teacher_hash")},
-            "eval_decoder": {"method": "multi_block", **self.eval_params()}}
+        sets = [{"folder": str(t.folder), "rows": len(t), "used": len(part), "decoder": t.manifest.get("decoder"),
+                 "source": t.manifest.get("source"), "teacher_hash": t.manifest.get("teacher_hash")}
+                for t, part in zip(self.sets, self.set_examples)]
+        return {"teacher": str(Path(self.cfg.teacher).expanduser().resolve()),
+                "trajectories": sets[0] if len(sets) == 1 else sets,
+                "eval_decoder": {"method": "multi_block", **self.eval_params()}}
+
+
+def trajectory_folders(spec: str) -> list[str]:
+    """``--trajectories A,B``: the folders of one or more trajectory sets (e.g. one per canvas length)."""
+    folders = [f.strip() for f in str(spec).split(",") if f.strip()]
+    if not folders:
+        raise ConfigError("--trajectories names no folder; expected DIR or DIR,DIR,...")
+    return folders
+
+
+class SetSchedule:
+    """Which trajectory set each optimizer step draws its whole batch from (one canvas length per batch, so no row
+    pays for a longer neighbour): step s takes set k with probability proportional to its usable records, drawn from
+    a generator seeded by ``(seed, s)``. :meth:`at` also counts the earlier steps that took the same set, the
+    position of step s in that set's own data stream, so every set is read in order and a resumed run is exact."""
+
+    def __init__(self, sizes: list[int], seed: int):
+        total = sum(sizes)
+        self.weights = torch.tensor([n / total for n in sizes], dtype=torch.float64)
+        self.seed = seed
+        self._choices: list[int] = []
+
+    def _choice(self, step: int) -> int:
+        if len(self.weights) == 1:
+            return 0
+        gen = torch.Generator().manual_seed(seed_of("set-schedule", self.seed, step))
+        return int(torch.multinomial(self.weights, 1, generator=gen))
+
+    def at(self, step: int) -> tuple[int, int]:
+        """(set of step ``step``, number of earlier steps that took it)."""
+        while len(self._choices) <= step:
+            self._choices.append(self._choice(len(self._choices)))
+        k = self._choices[step]
+        return k, self._choices[:step].count(k)
 
 
 def store_key(manifest: dict) -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import d3llm
 from d3llm.eval.environment import environment
 from d3llm.tasks.scoring import extract_answer, is_correct, score
-from d3llm.models.prompts import encode_prompt
+from d3llm.models.prompts import encode_conversation
 
 
 @dataclass
@@ -98,7 +98,7 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     if unscored:
         raise ConfigError(f"{len(unscored)} example(s) have no gold answer to score against (first: {unscored[0]}); "
                           f"every answer needs a '#### N' line or a final number")
-    prompts = [encode_prompt(tokenizer, ex.question) for ex in examples]
+    prompts = [encode_conversation(tokenizer, ex.question, getattr(ex, "history", ())) for ex in examples]
 
     if warmup:
         d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # not timed

@@ -30,6 +30,23 @@ def encode_messages(tokenizer, messages: list[dict]) -> list[int]:
     return encode_text(tokenizer, messages_text(tokenizer, messages))
 
 
+def conversation(question: str, history=()) -> list[dict]:
+    """Chat messages of ``question`` after the earlier ``history`` turns (``(question, answer)`` pairs, oldest
+    first)."""
+    messages = []
+    for q, a in history:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return messages + [{"role": "user", "content": question}]
+
+
+def encode_conversation(tokenizer, question: str, history=()) -> list[int]:
+    """Prompt ids of ``question`` after ``history`` through the chat template (:func:`encode_prompt` when there is
+    no history): what training, extraction and evaluation feed a model for a conversation."""
+    if not history:
+        return encode_prompt(tokenizer, question)
+    return encode_messages(tokenizer, conversation(question, history))
+
+
 def encode_prompt(tokenizer, question: str) -> list[int]:
     """Token ids of a question's prompt (:func:`prompt_text`, no extra special tokens): what training sees before
     the response and what the decoders, the evaluation and the demo feed the model."""

@@ -41,10 +41,9 @@ class Example:
 
     def messages(self) -> list[dict]:
         """The conversation up to the question, as chat messages (``[{"role", "content"}, ...]``)."""
-        out = []
-        for q, a in self.history:
-            out += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        return out + [{"role": "user", "content": self.question}]
+        from d3llm.models.prompts import conversation
+
+        return conversation(self.question, self.history)
 
 
 class ArithDataset:
@@ -132,21 +131,22 @@ def parse_arith_spec(spec: str, default_split: str = "train") -> tuple[str, dict
     for item in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
         key, sep, value = item.partition("=")
         key = key.strip()
+        if key not in ("turns", "steps"):
+            raise ConfigError(f"dataset {spec!r}: unknown option {key!r} of the built-in task; expected turns=N or "
+                              f"steps=A-B")
         try:
             if not sep:
                 raise ValueError
             if key == "turns":
                 options["turns"] = int(value)
-                check_turns(options["turns"])
+                if not 1 <= options["turns"] <= MAX_TURNS:
+                    raise ValueError
             elif key == "steps":
                 low, _, high = value.partition("-")
                 lo, hi = int(low), int(high or low)
                 if not 1 <= lo <= hi <= 4:
                     raise ValueError
                 options["steps"] = tuple(range(lo, hi + 1))
-            else:
-                raise ConfigError(f"dataset {spec!r}: unknown option {key!r} of the built-in task; expected turns=N "
-                                  f"or steps=A-B")
         except ValueError:
             raise ConfigError(f"dataset {spec!r}: option {item!r} is not valid; expected turns=N (1 to {MAX_TURNS}) "
                               f"or steps=A or steps=A-B (step counts 1 to 4)") from None
@@ -155,6 +155,20 @@ def parse_arith_spec(spec: str, default_split: str = "train") -> tuple[str, dict
 
 def is_arith_spec(spec: str) -> bool:
     return spec == "arith" or spec.startswith("arith:")
+
+
+def with_turns(spec: str, turns: int | None, default_split: str = "test") -> str:
+    """``spec`` with the built-in task's ``turns=N`` option set (``--turns`` of ``d3llm eval`` and ``d3llm sweep``):
+    ``with_turns("arith", 2) == "arith:test:turns=2"``. A JSONL file brings its own ``history``: an error."""
+    if turns is None:
+        return spec
+    if not is_arith_spec(spec):
+        raise ConfigError(f"--turns builds conversations of the built-in task; {spec!r} is a file (give its rows a "
+                          f"'history' list of earlier question/answer turns instead)")
+    check_turns(turns)
+    split, options = parse_arith_spec(spec, default_split)
+    options["turns"] = turns
+    return f"arith:{split}" + _options_suffix(options["turns"], options.get("steps"))
 
 
 class ListDataset:

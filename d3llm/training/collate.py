@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from d3llm.errors import ConfigError
-from d3llm.models.prompts import encode_messages, encode_prompt, end_of_turn_id
+from d3llm.models.prompts import encode_conversation, end_of_turn_id
 
 
 @dataclass
@@ -84,13 +84,7 @@ class Encoder:
                canvas: int | None = None) -> Encoded:
         """One example; ``history``: earlier (question, answer) turns; ``canvas``: its response length (default
         ``response_length``)."""
-        tok = self.tokenizer
-        if history:
-            messages = [m for q, a in history for m in ({"role": "user", "content": q},
-                                                        {"role": "assistant", "content": a})]
-            prompt = encode_messages(tok, messages + [{"role": "user", "content": question}])
-        else:
-            prompt = encode_prompt(tok, question)
+        prompt = encode_conversation(self.tokenizer, question, history)
         body = self.answer_ids(answer)
         length = canvas if canvas is not None else self.response_length
         if len(body) > length:
