@@ -1,4 +1,5 @@
-"""``d3llm chat`` under a pseudo-terminal: a question, the live canvas, the reply, the commands, /quit."""
+"""``d3llm chat`` under a pseudo-terminal: a question, the live canvas, the reply, later turns of the conversation,
+the commands, /quit."""
 
 import os
 import pty
@@ -76,6 +77,11 @@ def test_chat_in_a_terminal():
         reply = term.expect(r"(?s)bot> .*?\nyou> ")
         assert "░" in reply  # the canvas was drawn while masked positions were left
         assert f"bot> {expected}\n" in reply
+        # a second and a third question of the same conversation (the chat history in the prompt) are answered too
+        for later in (load_dataset("arith:test")[7], load_dataset("arith:test")[8]):
+            term.send(later.question)
+            answer = term.expect(r"(?s)bot> .*?\nyou> ")
+            assert f"#### {later.gold}\n" in answer.rsplit("bot> ", 1)[1]
         term.send("/method vanilla")
         assert "decoder: vanilla" in term.expect(r"you> ")
         term.send("/reset")
