@@ -7,6 +7,14 @@ dead for good), ``GET /metrics`` (Prometheus). Handlers validate a request
 one JSON response or as server-sent events (``data: {chunk}`` lines ending with ``data: [DONE]``). Only committed
 text is ever sent (:mod:`d3llm.serve.text`).
 
+``max_tokens`` (chat: also ``max_completion_tokens``) means what it means to a vLLM user: the generation never
+exceeds ``max_tokens`` tokens; it ends at the first end-of-text and nothing after it is returned (positions a
+diffusion decoder filled after it are dropped); ``finish_reason`` is ``stop`` (the model ended: end-of-text or a stop
+string) or ``length`` (``max_tokens`` cut it), streamed or not. For diffusion methods the canvas decoded is
+``max_tokens`` rounded up to the block size (:meth:`Server.canvas_length`; a block decoder generates whole blocks),
+and the output is cut at ``max_tokens``; a request without it gets the engine's ``max_new_tokens``. No request needs
+to know the length the model was trained on.
+
 A client that goes away has its row cancelled before the next engine step: every decoding handler awaits the ASGI
 ``http.disconnect`` message itself (streaming or not), which works behind any pure-ASGI middleware. The API key
 check, the request counter and the access log are pure ASGI middlewares for that reason (Starlette's
@@ -98,7 +106,7 @@ class Server:
                                   param="messages", code="no_chat_template")
             try:
                 text = messages_text(self.tokenizer, req.messages)
-            except Exception as exc:  # a template may refuse a conversation (jinja raise_exception)
+            except Exception as exc:  # noqa: BLE001  (a template may refuse a conversation: jinja raise_exception)
                 raise bad_request(f"the model's chat template rejected the messages: {exc}", param="messages")
             ids = encode_text(self.tokenizer, text)
         elif isinstance(req.prompt, str):
@@ -223,7 +231,7 @@ class Reply:
     async def events(self):
         watcher = asyncio.create_task(self._watch_disconnect())
         rid, model, with_usage = self.job.id, self._model(), self.req.include_usage
-        chunk = dict(kind=self.kind, rid=rid, created=self.created, model=model)
+        chunk = {"kind": self.kind, "rid": rid, "created": self.created, "model": model}
         try:
             if self.kind == "chat":
                 yield protocol.sse(protocol.chunk_body(**chunk, role=True, with_usage=with_usage))
