@@ -3,9 +3,13 @@ loopback port, through the official ``openai`` client): the reply never holds mo
 ends at the first end-of-text of the decoded canvas (nothing after it is returned), and ``finish_reason`` is
 ``stop`` when the model ended (end-of-text or a stop string) and ``length`` when ``max_tokens`` cut it; for
 completions and chat, streamed and not. The expected answer is worked out from the raw canvas that
-``d3llm.generate`` decodes for the same request alone (``max_tokens`` rounded up to whole blocks)."""
+``d3llm.generate`` decodes for the same request alone (``max_tokens`` rounded up to whole blocks). Last, the one
+warning a server logs when requests exceed the length the model folder says it was trained for."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import openai
 import pytest
@@ -168,3 +172,33 @@ def test_no_request_needs_to_know_the_trained_length(servers, teacher):
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": question}],
                                           max_completion_tokens=20)
     assert chat.usage.completion_tokens == 20 and chat.choices[0].finish_reason == "length"
+
+
+def test_one_warning_per_server_for_requests_beyond_the_trained_length(tmp_path, teacher):
+    """A copy of the teacher declaring max_trained_new_tokens=32: requests whose canvas is at most 32 (max_tokens 20
+    rounds up to 32) log nothing; the first longer one logs one warning on d3llm.serve, the next ones none."""
+    folder = tmp_path / "teacher"
+    shutil.copytree(default_model_path(), folder)
+    file = folder / "generation_config.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), "max_trained_new_tokens": 32}))
+    _, tokenizer = teacher
+    question = THIRD_BLOCK
+    with launched_server(["--model", str(folder), "--served-model-name", MODEL, "--no-access-log"]) as server:
+        client = client_of(server)
+
+        def warnings() -> list[str]:
+            return [line for line in server.stderr().splitlines() if "trained on canvases" in line]
+
+        for max_tokens in (32, 20, 1):
+            ask(client, "chat", False, question, tokenizer, max_tokens=max_tokens)
+        ask(client, "completion", True, question, tokenizer, max_tokens=32)
+        assert warnings() == []
+        long = ask(client, "chat", False, question, tokenizer, max_tokens=40)
+        assert long["reason"] == "stop" and long["tokens"] <= 40  # decoded all the same
+        ask(client, "chat", True, question, tokenizer, max_tokens=64)
+        ask(client, "completion", False, question, tokenizer)  # the default canvas, 48
+        found, log = warnings(), server.stderr()
+    assert len(found) == 1, log
+    assert " d3llm.serve: the model was trained on canvases up to 32 new tokens (max_trained_new_tokens in " \
+           f"{file}) and this request asks for 48 (max_tokens=40, rounded up to whole blocks of 16), so quality " \
+           "may degrade" in found[0]

@@ -13,7 +13,9 @@ diffusion decoder filled after it are dropped); ``finish_reason`` is ``stop`` (t
 string) or ``length`` (``max_tokens`` cut it), streamed or not. For diffusion methods the canvas decoded is
 ``max_tokens`` rounded up to the block size (:meth:`Server.canvas_length`; a block decoder generates whole blocks),
 and the output is cut at ``max_tokens``; a request without it gets the engine's ``max_new_tokens``. No request needs
-to know the length the model was trained on.
+to know the length the model was trained on. When the model folder declares one (``max_trained_new_tokens`` in
+``generation_config.json``), the first request whose canvas exceeds it logs one warning on the ``d3llm.serve``
+logger (once per server, not per request): such answers may be worse.
 
 A client that goes away has its row cancelled before the next engine step: every decoding handler awaits the ASGI
 ``http.disconnect`` message itself (streaming or not), which works behind any pure-ASGI middleware. The API key
@@ -44,6 +46,7 @@ from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 
+from d3llm.models.generation_config import beyond_training_message
 from d3llm.models.prompts import encode_text, messages_text
 from d3llm.serve import protocol
 from d3llm.serve.metrics import ServerMetrics
@@ -52,6 +55,7 @@ from d3llm.serve.text import TextStream
 from d3llm.serve.worker import EngineWorker, Job
 
 access_log = logging.getLogger("d3llm.serve.access")
+log = logging.getLogger("d3llm.serve")
 OPEN_PATHS = ("/health",)  # answered without the API key
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
@@ -96,6 +100,10 @@ class Server:
         self.block_size = params.get("block_size")
         self.max_length = engine.model.config.max_length
         self.vocab_size = engine.vocab_size
+        generation = getattr(engine.model, "generation_config", None)
+        self.max_trained = generation.max_trained_new_tokens if generation is not None else None
+        self.max_trained_source = generation.source if generation is not None else None
+        self.warned_beyond_training = False  # one warning per server (a process serves one)
         self.created = protocol.now()
 
     # -- requests ------------------------------------------------------------------------------------------------
@@ -141,6 +149,7 @@ class Server:
                               f"{len(ids)} tokens and max_tokens={max_tokens}{rounded} needs {canvas} more; shorten "
                               f"the prompt to at most {self.max_length - canvas} tokens or lower max_tokens",
                               param=field, code="context_length_exceeded")
+        self.warn_beyond_training(canvas, max_tokens, req.max_tokens is None)
         params = {"max_new_tokens": canvas, **req.engine_params}
         if req.temperature is not None:
             params["temperature"] = req.temperature
@@ -151,6 +160,18 @@ class Server:
         limit = max_tokens if max_tokens < canvas else None
         return Job(id=protocol.new_id(kind), prompt=ids, params=params, seed=req.seed,
                    text=TextStream(self.tokenizer, req.stop, limit), deliver=deliver, param_names=names)
+
+    def warn_beyond_training(self, canvas: int, max_tokens: int, default: bool) -> bool:
+        """Log one warning, the first time a request's canvas exceeds the length the model was trained for (the
+        folder's ``max_trained_new_tokens``); True when this call logged it."""
+        if self.warned_beyond_training or self.max_trained is None or canvas <= self.max_trained:
+            return False
+        self.warned_beyond_training = True
+        how = "the server's default max_tokens" if default else f"max_tokens={max_tokens}"
+        if canvas != max_tokens:
+            how += f", rounded up to whole blocks of {self.block_size}"
+        log.warning(beyond_training_message(self.max_trained, canvas, self.max_trained_source, f" ({how})"))
+        return True
 
     async def decode(self, request: Request, kind: str) -> JSONResponse | StreamingResponse:
         body = protocol.parse_json(await read_body(request, self.config.max_body_bytes, self.config.body_timeout))
