@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "KVCache": "d3llm.cache",
     "GenerationResult": "d3llm.decoding", "StepEvent": "d3llm.decoding", "generate": "d3llm.decoding",
+    "LengthBeyondTrainingWarning": "d3llm.decoding",
     "Engine": "d3llm.decoding", "RowEvent": "d3llm.decoding", "RequestOutput": "d3llm.decoding",
     "CheckpointError": "d3llm.errors", "ConfigError": "d3llm.errors", "D3LLMError": "d3llm.errors",
     "GenerationError": "d3llm.errors",
@@ -34,7 +35,7 @@ _EXPORTS = {
     "named_config": "d3llm.models", "save_model": "d3llm.models", "GenerationConfig": "d3llm.models",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, "__version__"]  # noqa: PLE0604  (the keys of _EXPORTS are strings)
 
 
 def __getattr__(name: str):

@@ -18,7 +18,10 @@ DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json
 
 # flag -> (generate() parameter, type, help)
 DECODER_FLAGS = {
-    "--max-new-tokens": ("max_new_tokens", int, "tokens to generate (the reference's gen_length)"),
+    "--max-new-tokens": ("max_new_tokens", int, ("the most new tokens to generate, the canvas (the reference's "
+                                                 "gen_length): the text ends at the first end-of-text and nothing "
+                                                 "after it is kept; a block decoder needs a multiple of "
+                                                 "--block-size")),
     "--block-size": ("block_size", int, "block size (the reference's block_length)"),
     "--steps": ("steps", int, "forwards of the block-sequential decoders (unset: one token per forward)"),
     "--threshold": ("threshold", float, "entropy (multi_block, block_entropy) or confidence (fast_dllm) threshold"),
@@ -142,9 +145,7 @@ def read_prompts(prompts: list[str]) -> list[str]:
     out = []
     for text in prompts:
         if text == "-":
-            text = sys.stdin.read()
-            if text.endswith("\n"):
-                text = text[:-1]
+            text = sys.stdin.read().removesuffix("\n")
         out.append(text)
     return out
 

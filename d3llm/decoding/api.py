@@ -1,8 +1,14 @@
-"""``d3llm.generate``: the one public entry point of every decoder, a thin client of :class:`~d3llm.Engine`."""
+"""``d3llm.generate``: the one public entry point of every decoder, a thin client of :class:`~d3llm.Engine`.
+
+``d3llm generate`` and every other command that decodes through it pass here, so this is where a canvas longer than
+the model folder declares its training used (``max_trained_new_tokens`` in ``generation_config.json``) is warned
+about: one :class:`LengthBeyondTrainingWarning` per process.
+"""
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -10,8 +16,31 @@ import torch
 
 from d3llm.decoding.canvas import normalize_prompts
 from d3llm.decoding.engine import Engine, too_long_message
-from d3llm.errors import GenerationError
 from d3llm.decoding.result import GenerationResult, StepEvent
+from d3llm.errors import GenerationError
+from d3llm.models.generation_config import beyond_training_message
+
+
+class LengthBeyondTrainingWarning(UserWarning):
+    """A decode asks for more new tokens than the model folder says its training used (``max_trained_new_tokens``):
+    it runs, but answers may degrade. Issued once per process."""
+
+
+_warned_beyond_training = False  # this process has warned (LengthBeyondTrainingWarning is issued once)
+
+
+def warn_beyond_training(model, canvas: int, stacklevel: int = 3) -> bool:
+    """Warn (once per process) when ``canvas`` new tokens exceed the ``max_trained_new_tokens`` of ``model``'s
+    ``generation_config.json``; True when this call warned."""
+    global _warned_beyond_training
+    config = getattr(model, "generation_config", None)
+    trained = config.max_trained_new_tokens if config is not None else None
+    if _warned_beyond_training or trained is None or canvas <= trained:
+        return False
+    _warned_beyond_training = True
+    warnings.warn(beyond_training_message(trained, canvas, config.source, " (max_new_tokens)"),
+                  LengthBeyondTrainingWarning, stacklevel=stacklevel)
+    return True
 
 
 def generate(
@@ -53,6 +82,8 @@ def generate(
 
     Every row is a request of one :class:`~d3llm.Engine`; the batch decodes together and each row leaves it when it
     finishes. Bad parameters, prompts or ids raise :class:`~d3llm.errors.GenerationError` before any work is done.
+    ``max_new_tokens`` beyond the ``max_trained_new_tokens`` the model folder declares is decoded all the same, with
+    one :class:`LengthBeyondTrainingWarning` per process.
     """
     t0 = time.perf_counter()
     engine = Engine(model, method, mask_id=mask_id, eos_token_id=eos_token_id, **params)
@@ -62,6 +93,7 @@ def generate(
     if too_long:
         i = too_long[0]
         raise GenerationError(too_long_message(i, len(prompts[i]), engine.params, limit, len(too_long) - 1))
+    warn_beyond_training(model, engine.params.max_new_tokens)
     for i, prompt in enumerate(prompts):
         engine.add_request(prompt, request_id=i, seed=seed)
     outputs = {}

@@ -18,9 +18,13 @@ nats for ``multi_block``/``block_entropy``, a confidence for ``fast_dllm``): it 
 ``methods.<name>`` holds defaults for one other method. ``do_sample: false`` means greedy (temperature 0), as in
 transformers. Keys d3llm does not know (``transformers_version``, ``max_length``, ...) are kept and ignored.
 
+``max_trained_new_tokens`` (optional, a positive int) is no decoder parameter: it declares the longest canvas, in new
+tokens, the model's training used. Decoding a longer one still works, but answers may degrade there, so
+``d3llm.generate`` and ``d3llm serve`` warn once when asked for more (:attr:`GenerationConfig.max_trained_new_tokens`).
+
 Values are checked where they are used, by the decoder that receives them, and a bad one is reported as a default
 from this file. Only the structure is checked on reading: ``method`` names a decoder, ``methods`` maps decoder
-names to objects.
+names to objects, ``max_trained_new_tokens`` is a positive int.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ from d3llm.files import atomic_write_text, read_json
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 METHOD_ONLY_KEYS = frozenset({"threshold"})  # its meaning differs between methods
-# transformers' keys that are not decoder parameters of ours (read elsewhere or ignored)
+MAX_TRAINED_KEY = "max_trained_new_tokens"  # the longest canvas the model's training used (not a decoder parameter)
+# keys that are not decoder parameters of ours (transformers' own, read elsewhere or ignored; our training record)
 _NOT_PARAMETERS = frozenset({"method", "methods", "do_sample", "eos_token_id", "pad_token_id", "bos_token_id",
-                             "mask_token_id", "transformers_version", "max_length", "_from_model_config"})
+                             "mask_token_id", "transformers_version", "max_length", "_from_model_config",
+                             MAX_TRAINED_KEY})
 
 
 # Decoding defaults the trainer writes for the models it trains (measured on the shipped arith teacher at 48 new
@@ -63,7 +69,7 @@ class GenerationConfig:
 
     # -- reading and writing -------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: dict[str, Any], path: str | None = None) -> "GenerationConfig":
+    def from_dict(cls, values: dict[str, Any], path: str | None = None) -> GenerationConfig:
         from d3llm.decoding.methods import METHODS
 
         known = tuple(METHODS)
@@ -81,10 +87,12 @@ class GenerationConfig:
         if unknown:
             raise CheckpointError(f"{where}: key 'methods' names unknown method(s) {', '.join(map(repr, unknown))}; "
                                   f"expected some of {', '.join(known)}")
-        return cls(values=dict(values), path=path)
+        config = cls(values=dict(values), path=path)
+        config.max_trained_new_tokens  # noqa: B018  (a bad value is an error on reading, naming the file and key)
+        return config
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "GenerationConfig | None":
+    def load(cls, folder: str | os.PathLike) -> GenerationConfig | None:
         """The folder's ``generation_config.json``, or None when it has none."""
         file = Path(folder) / GENERATION_CONFIG_NAME
         if not file.is_file():
@@ -101,7 +109,7 @@ class GenerationConfig:
 
     @classmethod
     def for_trained_model(cls, response_length: int, eos_token_id: int | None, pad_token_id: int | None = None,
-                          base: "GenerationConfig | None" = None) -> "GenerationConfig":
+                          base: GenerationConfig | None = None) -> GenerationConfig:
         """The defaults for a model trained to answer in ``response_length`` tokens: that many new tokens, blocks of
         32, 16 or 8 (the largest that divides it), :data:`TRAINED_MODEL_DEFAULTS`; ``base`` (the folder a model was
         fine-tuned from) keeps its other keys."""
@@ -127,6 +135,18 @@ class GenerationConfig:
         return eos
 
     @property
+    def max_trained_new_tokens(self) -> int | None:
+        """The longest canvas (new tokens) the model's training used, as the file declares it (key
+        ``max_trained_new_tokens``); None when it does not. Not a decoder parameter: decoders never receive it."""
+        value = self.values.get(MAX_TRAINED_KEY)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise CheckpointError(f"{self.source}: key '{MAX_TRAINED_KEY}' must be a positive integer (the longest "
+                                  f"canvas, in new tokens, the model's training used), got {value!r}")
+        return value
+
+    @property
     def source(self) -> str:
         return self.path or GENERATION_CONFIG_NAME
 
@@ -144,3 +164,10 @@ class GenerationConfig:
     def describe(self) -> dict[str, Any]:
         """The decoder settings, for ``d3llm info``."""
         return {k: v for k, v in self.values.items() if k != "transformers_version"}
+
+
+def beyond_training_message(trained: int, canvas: int, source: str, asked: str = "") -> str:
+    """The warning for a canvas of ``canvas`` new tokens beyond the ``trained`` one a model folder declares
+    (``source``: the file); ``asked`` adds how the request came to that canvas."""
+    return (f"the model was trained on canvases up to {trained} new tokens ({MAX_TRAINED_KEY} in {source}) and "
+            f"this request asks for {canvas}{asked}, so quality may degrade (warned once per process)")

@@ -7,6 +7,16 @@ dead for good), ``GET /metrics`` (Prometheus). Handlers validate a request
 one JSON response or as server-sent events (``data: {chunk}`` lines ending with ``data: [DONE]``). Only committed
 text is ever sent (:mod:`d3llm.serve.text`).
 
+``max_tokens`` (chat: also ``max_completion_tokens``) means what it means to a vLLM user: the generation never
+exceeds ``max_tokens`` tokens; it ends at the first end-of-text and nothing after it is returned (positions a
+diffusion decoder filled after it are dropped); ``finish_reason`` is ``stop`` (the model ended: end-of-text or a stop
+string) or ``length`` (``max_tokens`` cut it), streamed or not. For diffusion methods the canvas decoded is
+``max_tokens`` rounded up to the block size (:meth:`Server.canvas_length`; a block decoder generates whole blocks),
+and the output is cut at ``max_tokens``; a request without it gets the engine's ``max_new_tokens``. No request needs
+to know the length the model was trained on. When the model folder declares one (``max_trained_new_tokens`` in
+``generation_config.json``), the first request whose canvas exceeds it logs one warning on the ``d3llm.serve``
+logger (once per server, not per request): such answers may be worse.
+
 A client that goes away has its row cancelled before the next engine step: every decoding handler awaits the ASGI
 ``http.disconnect`` message itself (streaming or not), which works behind any pure-ASGI middleware. The API key
 check, the request counter and the access log are pure ASGI middlewares for that reason (Starlette's
@@ -36,6 +46,7 @@ from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 
+from d3llm.models.generation_config import beyond_training_message
 from d3llm.models.prompts import encode_text, messages_text
 from d3llm.serve import protocol
 from d3llm.serve.metrics import ServerMetrics
@@ -44,6 +55,7 @@ from d3llm.serve.text import TextStream
 from d3llm.serve.worker import EngineWorker, Job
 
 access_log = logging.getLogger("d3llm.serve.access")
+log = logging.getLogger("d3llm.serve")
 OPEN_PATHS = ("/health",)  # answered without the API key
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
@@ -88,6 +100,10 @@ class Server:
         self.block_size = params.get("block_size")
         self.max_length = engine.model.config.max_length
         self.vocab_size = engine.vocab_size
+        generation = getattr(engine.model, "generation_config", None)
+        self.max_trained = generation.max_trained_new_tokens if generation is not None else None
+        self.max_trained_source = generation.source if generation is not None else None
+        self.warned_beyond_training = False  # one warning per server (a process serves one)
         self.created = protocol.now()
 
     # -- requests ------------------------------------------------------------------------------------------------
@@ -98,7 +114,7 @@ class Server:
                                   param="messages", code="no_chat_template")
             try:
                 text = messages_text(self.tokenizer, req.messages)
-            except Exception as exc:  # a template may refuse a conversation (jinja raise_exception)
+            except Exception as exc:  # noqa: BLE001  (a template may refuse a conversation: jinja raise_exception)
                 raise bad_request(f"the model's chat template rejected the messages: {exc}", param="messages")
             ids = encode_text(self.tokenizer, text)
         elif isinstance(req.prompt, str):
@@ -133,6 +149,7 @@ class Server:
                               f"{len(ids)} tokens and max_tokens={max_tokens}{rounded} needs {canvas} more; shorten "
                               f"the prompt to at most {self.max_length - canvas} tokens or lower max_tokens",
                               param=field, code="context_length_exceeded")
+        self.warn_beyond_training(canvas, max_tokens, req.max_tokens is None)
         params = {"max_new_tokens": canvas, **req.engine_params}
         if req.temperature is not None:
             params["temperature"] = req.temperature
@@ -143,6 +160,18 @@ class Server:
         limit = max_tokens if max_tokens < canvas else None
         return Job(id=protocol.new_id(kind), prompt=ids, params=params, seed=req.seed,
                    text=TextStream(self.tokenizer, req.stop, limit), deliver=deliver, param_names=names)
+
+    def warn_beyond_training(self, canvas: int, max_tokens: int, default: bool) -> bool:
+        """Log one warning, the first time a request's canvas exceeds the length the model was trained for (the
+        folder's ``max_trained_new_tokens``); True when this call logged it."""
+        if self.warned_beyond_training or self.max_trained is None or canvas <= self.max_trained:
+            return False
+        self.warned_beyond_training = True
+        how = "the server's default max_tokens" if default else f"max_tokens={max_tokens}"
+        if canvas != max_tokens:
+            how += f", rounded up to whole blocks of {self.block_size}"
+        log.warning(beyond_training_message(self.max_trained, canvas, self.max_trained_source, f" ({how})"))
+        return True
 
     async def decode(self, request: Request, kind: str) -> JSONResponse | StreamingResponse:
         body = protocol.parse_json(await read_body(request, self.config.max_body_bytes, self.config.body_timeout))
@@ -223,7 +252,7 @@ class Reply:
     async def events(self):
         watcher = asyncio.create_task(self._watch_disconnect())
         rid, model, with_usage = self.job.id, self._model(), self.req.include_usage
-        chunk = dict(kind=self.kind, rid=rid, created=self.created, model=model)
+        chunk = {"kind": self.kind, "rid": rid, "created": self.created, "model": model}
         try:
             if self.kind == "chat":
                 yield protocol.sse(protocol.chunk_body(**chunk, role=True, with_usage=with_usage))
