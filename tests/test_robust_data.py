@@ -191,3 +191,15 @@ def test_eval_and_sweep_take_turns(capsys, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", arith.make_problems("test", 2))
     assert main(["eval", "--task", str(data), "--turns", "2"]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_a_trained_folder_declares_its_longest_canvas(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--model", "llada-tiny", "--steps", "2", "--batch-size", "4",
+                 "--canvas-lengths", "48:1,96:1", "--threads", "1", "--no-progress", "--eval-size", "4"]) == 0
+    config = d3llm.load_model(out).generation_config
+    assert config.max_trained_new_tokens == 96 and config.values["max_new_tokens"] == 48
+    causal = tmp_path / "ar"
+    assert main(["train", "--objective", "causal", "--out", str(causal), "--model", "llama-tiny", "--steps", "2",
+                 "--batch-size", "4", "--threads", "1", "--no-progress", "--eval-size", "4"]) == 0
+    assert d3llm.load_model(causal).generation_config.max_trained_new_tokens is None  # no canvas: no limit

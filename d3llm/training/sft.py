@@ -292,8 +292,10 @@ class MaskedDiffusionObjective(Objective):
 
     def generation_defaults(self, model) -> GenerationConfig:
         """The decoding defaults written into the trained model's folder (``generation_config.json``)."""
-        return GenerationConfig.for_trained_model(self.cfg.decode_length, model.config.eos_token_id,
-                                                  model.config.pad_token_id, base=model.generation_config)
+        config = GenerationConfig.for_trained_model(self.cfg.decode_length, model.config.eos_token_id,
+                                                    model.config.pad_token_id, base=model.generation_config)
+        # the longest canvas of the training mix: decoders warn once when asked for more
+        return GenerationConfig.from_dict({**config.values, "max_trained_new_tokens": self.canvas.values[-1]})
 
     def example_loss(self, net, batch: Batch, t: torch.Tensor | None, u: torch.Tensor | None):
         """The loss (a :class:`~d3llm.training.loss.LossOutput`) of ``batch`` with noise rows ``t``, ``u``."""
