@@ -65,10 +65,10 @@ def test_unknown_method(model):
 
 
 def test_prompt_plus_generation_beyond_the_maximum_length_names_the_prompt(model):
-    with pytest.raises(GenerationError, match=r"prompt 1 has 500 tokens; with max_new_tokens=64 that is 564, more "
-                                              r"than the model's maximum length 512 \(and 1 more prompt\(s\)\); "
-                                              r"shorten the prompt to at most 448 tokens"):
-        d3llm.generate(model, [[1] * 5, [1] * 500, [2] * 460], "multi_block", max_new_tokens=64, block_size=32)
+    with pytest.raises(GenerationError, match=r"prompt 1 has 1000 tokens; with max_new_tokens=64 that is 1064, more "
+                                              r"than the model's maximum length 1024 \(and 1 more prompt\(s\)\); "
+                                              r"shorten the prompt to at most 960 tokens"):
+        d3llm.generate(model, [[1] * 5, [1] * 1000, [2] * 970], "multi_block", max_new_tokens=64, block_size=32)
 
 
 @pytest.mark.parametrize("bad,message", [
