@@ -4,7 +4,9 @@ conversation changes, in one run.
 For each model folder (default: the shipped teacher, student and AR baseline), with the folder's own decoding
 defaults (``generation_config.json``) and only the number of new tokens changed:
 
-* ``multi_block`` (the dLLMs' default) at ``max_new_tokens`` 48, 64, 128 and 256; ``vanilla`` (one token per
+* ``multi_block`` (the dLLMs' default) at ``max_new_tokens`` 48, 64, 128 and 256 (the canvas rounded up to whole
+  blocks of the folder's block size, as ``d3llm serve`` does with ``max_tokens``: the student's blocks of 48 decode
+  64 as 96); ``vanilla`` (one token per
   forward, blocks of 16... as the folder's ``block_size``) at 48 and 256 for the teacher;
 * the AR baseline's ``autoregressive`` decoder capped at 64 and 256;
 * ``turns=2``: every held-out question after one earlier question/answer turn of chat (the same last questions);
@@ -37,19 +39,31 @@ MODELS = {"teacher": TEACHER, "student": STUDENT, "ar": AR}
 FLOORS = {"teacher": 97.0, "student": 96.0, "ar": 97.0, "vanilla": 98.0, "turns=2": 95.0, "steps=1": 97.0}
 
 
+def canvas(model, n: int) -> int:
+    """The canvas a request for ``n`` new tokens decodes with the folder's default decoder: ``n`` rounded up to
+    whole blocks of the folder's ``block_size`` (as ``d3llm serve`` does for ``max_tokens``; a causal model: ``n``).
+    Every arith answer fits in 48 tokens, so the cut at ``n`` that the server applies never changes a score here."""
+    block = (model.generation_config.values.get("block_size") if model.generation_config is not None else None)
+    if getattr(model, "causal", False) or not block:
+        return n
+    return -(-n // block) * block
+
+
 def cells(name: str, model, lengths: list[int], vanilla_lengths: list[int], ar_lengths: list[int]):
     """(label, dataset spec, method, params, floor) of every cell a model is measured on."""
     causal = getattr(model, "causal", False)
     method = None  # the folder's default decoder
     own = ar_lengths if causal else lengths
-    out = [(f"{'autoregressive' if causal else 'default'} {n}", "arith:test", method, {"max_new_tokens": n},
-            FLOORS[name]) for n in own]
+    out = [(f"{'autoregressive' if causal else 'default'} {n}", "arith:test", method,
+            {"max_new_tokens": canvas(model, n)}, FLOORS[name]) for n in own]
     if name == "teacher":
         out += [(f"vanilla {n}", "arith:test", "vanilla", {"max_new_tokens": n, "steps": n}, FLOORS["vanilla"])
                 for n in vanilla_lengths]
     first = own[0]
-    out += [(f"two turns {first}", "arith:test:turns=2", method, {"max_new_tokens": first}, FLOORS["turns=2"]),
-            (f"one step {first}", "arith:test:steps=1", method, {"max_new_tokens": first}, FLOORS["steps=1"])]
+    out += [(f"two turns {first}", "arith:test:turns=2", method, {"max_new_tokens": canvas(model, first)},
+             FLOORS["turns=2"]),
+            (f"one step {first}", "arith:test:steps=1", method, {"max_new_tokens": canvas(model, first)},
+             FLOORS["steps=1"])]
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 
 from d3llm.errors import ConfigError
 from d3llm.models.generation_config import GenerationConfig
+from d3llm.models.prompts import encode_conversation
 from d3llm.training import distributed as distm
 from d3llm.training.collate import Batch, Encoder
 from d3llm.training.loss import draw_noise, masked_diffusion_loss
@@ -164,7 +165,8 @@ class Evaluator:
         gen = torch.Generator().manual_seed(seed_of("eval", 12345))
         self.t, self.u = draw_noise(n, mix.values[-1], gen)
         self.encoded = [objective.encode(e, mix.draw(gen)) for e in self.examples]
-        self.decode_encoded = [encoder.encode_example(e, cfg.decode_length) for e in self.examples]
+        self.decode_prompts = [encode_conversation(encoder.tokenizer, e.question, getattr(e, "history", ()))
+                               for e in self.examples[:cfg.eval_decode_size]]
         self.encoder, self.objective, self.cfg = encoder, objective, cfg
 
     @torch.no_grad()
@@ -195,7 +197,7 @@ class Evaluator:
         if method == "vanilla":
             params["steps"] = length
         golds = [e.gold if e.gold is not None else e.answer for e in self.examples[:n]]
-        return decode_accuracy(model, tokenizer, [e.prompt for e in self.decode_encoded[:n]], golds, method, params)
+        return decode_accuracy(model, tokenizer, self.decode_prompts[:n], golds, method, params)
 
 
 @dataclass
