@@ -205,8 +205,9 @@ def test_max_batch_queues_the_rest(trained_models):
 
 @pytest.mark.parametrize("prompt,params,message", [
     ([], {}, r"prompt 9 is empty; every row needs at least one token"),
-    ([1] * 500, dict(max_new_tokens=64), r"prompt 9 has 500 tokens; with max_new_tokens=64 that is 564, more than "
-                                         r"the model's maximum length 512; shorten the prompt to at most 448 tokens"),
+    ([1] * 1000, dict(max_new_tokens=64), r"prompt 9 has 1000 tokens; with max_new_tokens=64 that is 1064, more "
+                                          r"than the model's maximum length 1024; shorten the prompt to at most 960 "
+                                          r"tokens"),
     ([1, 2, 999], {}, r"prompt 9 holds token id 999 outside the vocabulary \[0, 128\)"),
     ([1, "a"], {}, r"prompt 9 must be a list of integer token ids"),
     ([1, 2], dict(treshold=0.5), r"unknown parameter 'treshold' for method 'multi_block' \(did you mean "

@@ -58,7 +58,9 @@ def client(server):
 
 
 QUESTIONS = [load_dataset("arith:test")[i].question for i in range(8)]
-SHORT = "Tom has 31 pens. Then Tom buys 14 pens from his friend Ray. How many pens does Tom have now?"
+SHORT = ("Tom has 31 pens. Then Tom buys 14 pens from his friend Ray. Then Tom talks for a bit with his friend Ray. "
+         "Then Tom talks for a bit with his friend Ray. Then Tom talks for a bit with his friend Ray. How many pens "
+         "does Tom have now?")  # one step, in the task's layout (off-layout questions get an empty answer)
 
 
 def chat(question: str) -> list[dict]:

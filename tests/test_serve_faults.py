@@ -135,7 +135,9 @@ def test_a_request_that_raises_mid_decode_fails_alone(monkeypatch, teacher, stre
     """Four requests join one batch; the decoder raises for one of them at its third step. That request alone gets
     an error (a 500, or an error event in its stream), the three others get exactly their tokens alone, and the
     server goes on serving."""
-    victim = chat("Ann has 40 coins. Then Ann wins 12 coins from her friend Joe. How many coins does Ann have now?")
+    victim = chat("Ann has 40 coins. Then Ann wins 12 coins from her friend Joe. Then Ann sells 23 coins to her friend "
+                  "Joe. Then Ann reads for a bit with her friend Joe. Then Ann reads for a bit with her friend Joe. "
+                  "How many coins does Ann have now?")
     others = [chat(q) for q in QUESTIONS[:3]]
     victim_ids = np.array(prompt_ids(teacher, victim))
     with local_server() as server:
