@@ -37,8 +37,8 @@ def teacher():
 
 @pytest.fixture(scope="module")
 def servers():
-    """The teacher with its own defaults (multi_block, early stop) and with fast_dllm, whose canvas goes on after
-    the end-of-text (positions there are decoded too, into text that must never be returned)."""
+    """The teacher with its own defaults (multi_block, early stop) and with fast_dllm, which decodes every position
+    of the canvas, after the end-of-text too (whatever is there must never be returned)."""
     with launched_server(["--no-access-log"]) as default, \
             launched_server(["--method", "fast_dllm", "--no-access-log"]) as fast:
         yield {None: default, "fast_dllm": fast}

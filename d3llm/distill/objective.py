@@ -393,7 +393,8 @@ class SetSchedule:
         total = sum(sizes)
         self.weights = torch.tensor([n / total for n in sizes], dtype=torch.float64)
         self.seed = seed
-        self._choices: list[int] = []
+        self._steps: list[tuple[int, int]] = []   # (set, position) of every step drawn so far
+        self._taken = [0] * len(sizes)             # steps drawn so far that took each set
 
     def _choice(self, step: int) -> int:
         if len(self.weights) == 1:
@@ -403,10 +404,11 @@ class SetSchedule:
 
     def at(self, step: int) -> tuple[int, int]:
         """(set of step ``step``, number of earlier steps that took it)."""
-        while len(self._choices) <= step:
-            self._choices.append(self._choice(len(self._choices)))
-        k = self._choices[step]
-        return k, self._choices[:step].count(k)
+        while len(self._steps) <= step:
+            k = self._choice(len(self._steps))
+            self._steps.append((k, self._taken[k]))
+            self._taken[k] += 1
+        return self._steps[step]
 
 
 def store_key(manifest: dict) -> str:

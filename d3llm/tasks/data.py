@@ -39,12 +39,6 @@ class Example:
     source: str = ""
     history: tuple[tuple[str, str], ...] = ()
 
-    def messages(self) -> list[dict]:
-        """The conversation up to the question, as chat messages (``[{"role", "content"}, ...]``)."""
-        from d3llm.models.prompts import conversation
-
-        return conversation(self.question, self.history)
-
 
 class ArithDataset:
     """``size`` problems of one split of the built-in task. Training items are generated on access (problem ``i``

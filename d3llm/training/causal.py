@@ -45,7 +45,7 @@ class CausalLMObjective(MaskedDiffusionObjective):
 
     def encode(self, example, drawn: int):
         """The answer, its end-of-turn token and one end-of-text (what the loss scores; ``drawn`` is not used)."""
-        return self.encoder.encode_example(example, len(self.encoder.answer_ids(example.answer)) + 1)
+        return self.encoder.encode_example(example, lambda need: need + 1)
 
     def example_loss(self, net, batch: Batch, t: torch.Tensor | None, u: torch.Tensor | None):
         return causal_lm_loss(net, batch, self.encoder.eos_id)

@@ -13,6 +13,7 @@ first real token), so every row sees exactly the canvas a batch-1 decoder would 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,12 +82,12 @@ class Encoder:
         return ids + ([self.eot_id] if self.eot_id is not None else [])
 
     def encode(self, question: str, answer: str, source: str = "", history: tuple = (),
-               canvas: int | None = None) -> Encoded:
+               canvas: int | Callable[[int], int] | None = None) -> Encoded:
         """One example; ``history``: earlier (question, answer) turns; ``canvas``: its response length (default
-        ``response_length``)."""
+        ``response_length``), or a function of the answer's length (with the end-of-turn token) that chooses it."""
         prompt = encode_conversation(self.tokenizer, question, history)
         body = self.answer_ids(answer)
-        length = canvas if canvas is not None else self.response_length
+        length = canvas(len(body)) if callable(canvas) else canvas if canvas is not None else self.response_length
         if len(body) > length:
             raise ConfigError(
                 f"{source or 'an example'}: the answer takes {len(body)} tokens (with the end-of-turn token), more "
@@ -100,7 +101,7 @@ class Encoder:
         n_answer = len(body) - (1 if self.eot_id is not None else 0)
         return Encoded(prompt, body + [self.eos_id] * (length - len(body)), n_answer)
 
-    def encode_example(self, example, canvas: int | None = None) -> Encoded:
+    def encode_example(self, example, canvas: int | Callable[[int], int] | None = None) -> Encoded:
         return self.encode(example.question, example.answer, getattr(example, "source", ""),
                            getattr(example, "history", ()), canvas)
 

@@ -256,12 +256,14 @@ class MaskedDiffusionObjective(Objective):
 
     def encode(self, example, drawn: int):
         """``example`` on the smallest canvas of the mix that is at least ``drawn`` and holds its answer."""
-        need = len(self.encoder.answer_ids(example.answer))
-        canvas = self.canvas.fit(drawn, need)
-        if canvas is None:
-            raise ConfigError(f"{example.source or 'an example'}: the answer takes {need} tokens (with the end-of-turn "
-                              f"token), more than the longest canvas of {_length_flag(self.cfg)}")
-        return self.encoder.encode_example(example, canvas)
+        def fit(need: int) -> int:
+            canvas = self.canvas.fit(drawn, need)
+            if canvas is None:
+                raise ConfigError(f"{example.source or 'an example'}: the answer takes {need} tokens (with the "
+                                  f"end-of-turn token), more than the longest canvas of {_length_flag(self.cfg)}")
+            return canvas
+
+        return self.encoder.encode_example(example, fit)
 
     def bucket(self, step: int) -> tuple[int, int | None]:
         """Step ``step``'s drawn canvas length and number of turns (every row of the global batch shares them)."""
