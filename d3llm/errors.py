@@ -5,6 +5,14 @@ message alone (no traceback) and a library user can catch one base class.
 """
 
 
+def did_you_mean(value, options) -> str:
+    """`` (did you mean 'x'?)`` naming the option closest to ``value``, or an empty string when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 class D3LLMError(Exception):
     """Base class of all errors d3llm raises for bad input or unusable files."""
 

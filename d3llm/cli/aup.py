@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "aup", "AUP leaderboard of a YAML file or of sweep results", __doc__)
     p.add_argument("results", nargs="*", metavar="RESULTS.json", help="sweep results written by `d3llm sweep`")
     p.add_argument("--yaml", action="append", default=[], metavar="FILE",
-                   help="a leaderboard in the reference's YAML layout (task -> method -> [[TPF, accuracy %], ...]); "
+                   help="a leaderboard in the reference's YAML layout (task -> method -> [[TPF, accuracy %%], ...]); "
                         "repeat for several files")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--reference-exact", action="store_true",

@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "distill", "pseudo-trajectory distillation of a teacher into a faster student", __doc__)
     p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, the student")
     g = p.add_argument_group("teacher and data")
-    g.add_argument("--teacher", default=None, help="teacher model folder; the student starts from it (default: the "
-                                                   "shipped arith teacher)")
+    g.add_argument("--teacher", default=None, help="teacher model folder or shipped model name; the student starts "
+                                                   "from it (default: the shipped teacher)")
     g.add_argument("--trajectories", required=True,
                    help="folder written by 'd3llm trajectories extract', or several separated by commas (e.g. one "
                         "per canvas length: each step trains on one set, chosen in proportion to its size)")
@@ -93,14 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from d3llm.cli.options import teacher_folder
     from d3llm.distill.config import DistillConfig
     from d3llm.distill.objective import DistillationObjective
     from d3llm.training.trainer import train
 
-    if args.teacher is None:
-        from d3llm.assets import default_model_path
-
-        args.teacher = str(default_model_path())
+    args.teacher = teacher_folder(args.teacher)
     fields = set(DistillConfig.__dataclass_fields__) - {"teacher_hash", "trajectories_hash"}
     cfg = DistillConfig(**{k: v for k, v in vars(args).items() if k in fields})
     train(cfg, DistillationObjective(cfg))

@@ -35,11 +35,26 @@ def encode_prompts(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]
 
     if chat and not getattr(tokenizer, "chat_template", None):
         raise GenerationError("--chat: this model's tokenizer has no chat template")
+    for i, text in enumerate(prompts):  # one rule with and without --chat: a prompt has text
+        if not text.strip():
+            raise GenerationError(f"prompt {i} is empty ({text!r}); give the text to continue or, with --chat, the "
+                                  f"question to answer")
     ids = [encode_prompt(tokenizer, t) if chat else encode_text(tokenizer, t) for t in prompts]
     for i, row in enumerate(ids):
         if not row:
             raise GenerationError(f"prompt {i} ({prompts[i]!r}) encodes to no tokens")
     return ids
+
+
+def warn_if_chat_model(tokenizer, chat: bool) -> None:
+    """A chat model given raw text (no ``--chat``) continues the text instead of answering it, which looks like junk:
+    say so once, with the flag that fixes it."""
+    import warnings
+
+    if not chat and getattr(tokenizer, "chat_template", None):
+        warnings.warn("this model has a chat template, and the prompt was given as raw text to continue; to ask it a "
+                      "question, pass --chat (the prompt is then wrapped in the chat template, as in training)",
+                      stacklevel=2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
     ids = encode_prompts(tokenizer, prompts, args.chat)
+    warn_if_chat_model(tokenizer, args.chat)
     view = CanvasView(tokenizer, model.mask_token_id, model.eos_token_id) if args.show_steps else None
     try:
         result = d3llm.generate(model, ids, args.method, seed=args.seed, callback=view, **decoder_params(args))

@@ -13,8 +13,9 @@ from d3llm.cli.options import add_parser
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "info", "describe a model folder", __doc__)
-    p.add_argument("model", nargs="?", default=None, metavar="DIR",
-                   help="model folder: config.json + safetensors (default: the shipped arith teacher)")
+    p.add_argument("model", nargs="?", default=None, metavar="DIR|NAME",
+                   help="model folder (config.json + safetensors) or shipped model name (default: the "
+                        "shipped teacher)")
     p.add_argument("--model", dest="model_flag", default=None, metavar="DIR",
                    help="the same folder as a flag, as every other command takes it")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from d3llm.cli.options import model_folder
-    from d3llm.models.checkpoint import check_weight_files, expected_tensors, load_config, weight_files
+    from d3llm.models.checkpoint import check_weight_files, count_parameters, load_config, weight_files
     from d3llm.models.generation_config import GenerationConfig
 
     from d3llm.errors import ConfigError
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(folder)
     fmt, files = weight_files(Path(folder))
     check_weight_files(fmt, files)
-    n_params = sum(_numel(s) for s in expected_tensors(config).values())
+    n_params = count_parameters(config)
     generation = GenerationConfig.load(folder)
     info = {
         "folder": str(folder), "family": config.family, "model_type": config.model_type, "layers": config.num_layers,
@@ -63,9 +64,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key:<{width - 2}}  {json.dumps(value)}")
     return 0
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -8,20 +8,22 @@ any other :class:`OSError` (a file the system refused to read or write), with th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "lm_harness", "serve", "sweep", "train",
-            "trajectories")
+COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "lm_harness", "models", "serve", "sweep",
+            "train", "trajectories")
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from d3llm import __version__
+    from d3llm.cli.options import Parser
 
-    parser = argparse.ArgumentParser(prog="d3llm", description="Fast diffusion language models (LLaDA, Dream, d3LLM).")
+    parser = Parser(prog="d3llm", description="Fast diffusion language models (LLaDA, Dream, d3LLM).")
     parser.add_argument("--version", action="version", version=f"d3llm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -29,14 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(command: str | None) -> None:
-    """Show warnings as ``d3llm <command>: warning: ...`` lines instead of Python's source-line format."""
+@contextlib.contextmanager
+def _one_line_warnings(command: str | None):
+    """Show warnings as ``d3llm <command>: warning: ...`` lines instead of Python's source-line format, while the
+    command runs (a later command in the same process, a test, names itself)."""
     import warnings
 
     def one_line(message, category, filename, lineno, line=None) -> str:
         return f"d3llm {command}: warning: {message}\n" if command else f"d3llm: warning: {message}\n"
 
+    saved = warnings.formatwarning
     warnings.formatwarning = one_line  # the format only: pytest's and other recorders still see every warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser = build_parser()
         args = parser.parse_args(argv)
-    _one_line_warnings(args.command)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args.func(args) or 0)
     except D3LLMError as exc:
         print(f"d3llm {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,19 @@ DECODER_FLAGS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a mistyped choice (a command, ``--method``, ...): ``invalid choice: 'multiblock'
+    (did you mean 'multi_block'?)``. Subcommand parsers inherit the class."""
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            from d3llm.errors import did_you_mean
+
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} (choose from {choices})")
+
+
 def plain(doc: str | None) -> str:
     """A module docstring as help text: reStructuredText markup removed (``x`` and :func:`x` become x)."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc or "")
@@ -66,6 +79,10 @@ def add_decoder_flags(parser: argparse.ArgumentParser, method_flag: bool = True,
                        help="multi_block: reproduce the reference's cache-branch order exactly")
     if seed:
         group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
+
+
+MODEL_HELP = ("model folder, or a shipped model's name: teacher, student, ar (`d3llm models` lists them; a real path "
+              "wins over a name; default: the shipped teacher)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,10 +139,17 @@ def model_folder(args: argparse.Namespace) -> str:
     return check_model_folder(args.model)
 
 
+def teacher_folder(spec: str | None) -> str:
+    """``--teacher``: a folder or a shipped model's name, else the shipped teacher."""
+    return model_folder(argparse.Namespace(model=spec))
+
+
 def check_model_folder(spec: str) -> str:
+    """The folder ``--model SPEC`` names (a path, or a shipped model's name); a clear error when there is none."""
+    from d3llm.assets import resolve_model, unknown_model_hint
     from d3llm.errors import CheckpointError
 
-    path = Path(spec).expanduser()
+    path = resolve_model(spec)
     if path.is_dir():
         return str(path)
     looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", spec) is not None and not spec.startswith((".", "/"))
@@ -136,7 +160,7 @@ def check_model_folder(spec: str) -> str:
             f"{spec.split('/')[-1]}`) and pass that folder"
         )
     if not path.exists():
-        raise CheckpointError(f"model folder '{spec}' does not exist")
+        raise CheckpointError(f"model folder '{spec}' does not exist{unknown_model_hint(spec)}")
     raise CheckpointError(f"'{spec}' is a file; expected a model folder holding config.json and weights")
 
 

@@ -2,7 +2,8 @@
 
     d3llm sweep --config benchmarks/sweep_arith.yaml --out runs/sweep              # the shipped teacher
     d3llm sweep --model runs/teacher --model runs/student --config SWEEP.yaml --out runs/cmp
-    d3llm sweep --methods multi_block --thresholds 0.1,0.5,1 --max-new-tokens 48 --block-size 16 --limit 50
+    d3llm sweep --methods multi_block --thresholds 0.1,0.5,1 --max-new-tokens 48 --block-size 16 --limit 50 \
+        --out runs/quick
 
 Writes OUT/sweep.json (every point: accuracy, TPF, tokens/s, latency p50/p99, NFE, the resolved settings; the
 hardware, versions, dtype and git commit), OUT/sweep.md (the points and the AUP table) and OUT/sweep.png (accuracy
@@ -26,8 +27,9 @@ from d3llm.cli.options import (add_decoder_flags, add_parser, add_threads_flag, 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "sweep", "accuracy-parallelism sweep with AUP, JSON, table and plot", __doc__)
-    p.add_argument("--model", action="append", default=[], metavar="DIR",
-                   help="model folder; repeat for several (default: the shipped tiny teacher)")
+    p.add_argument("--model", action="append", default=[], metavar="DIR|NAME",
+                   help="model folder or shipped model name (teacher, student, ar); repeat for several "
+                        "(default: the shipped teacher)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: as stored)")
     add_threads_flag(p)

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "questions only)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, help="a named config to train from scratch (llada-small, llama-small, "
-                                                 "...) or a model folder to fine-tune (default: llada-small, or "
+                                                 "...) or a model folder (or shipped model name: teacher, student, ar) to fine-tune (default: llada-small, or "
                                                  "llama-small with --objective causal)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config.json field of a new model, e.g. --set n_layers=6 (repeatable)")
@@ -86,10 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from d3llm.assets import shipped_model
     from d3llm.training.config import TrainConfig
     from d3llm.training.trainer import train
 
     model = args.model or ("llama-small" if args.objective == "causal" else "llada-small")
+    shipped = shipped_model(model)
+    if shipped is not None and not Path(model).exists():  # a shipped model's name (a real path wins) fine-tunes it
+        model = str(shipped.folder)
     cfg = TrainConfig(
         out=args.out, objective=args.objective, data=args.data, eval_data=args.eval_data, model=model,
         set=_parse_set(args.set),

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = cmds.add_parser("extract", help="decode prompts with the teacher, one token per forward, and record the "
                                         "order (SPEC 6)")
-    e.add_argument("--teacher", default=None, help="teacher model folder (default: the shipped arith teacher)")
+    e.add_argument("--teacher", default=None, help="teacher model folder or shipped model name (default: the shipped teacher)")
     e.add_argument("--data", required=True, help="'arith' (the built-in task's train split), 'arith:test', or a "
                                                  "JSONL file with 'question' (or 'prompt_ids') and optional "
                                                  "'answer' / 'gt_answer'")
@@ -67,13 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
+    from d3llm.cli.options import teacher_folder
     from d3llm.distill.config import ExtractConfig
     from d3llm.distill.extract import extract
 
-    if args.teacher is None:
-        from d3llm.assets import default_model_path
-
-        args.teacher = str(default_model_path())
+    args.teacher = teacher_folder(args.teacher)
     cfg = ExtractConfig(teacher=args.teacher, data=args.data, out=args.out, limit=args.limit,
                         gen_length=args.gen_length, block_size=args.block_size, chat_template=args.chat_template,
                         attempts=args.attempts, batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed,
@@ -86,7 +84,10 @@ def run_extract(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from d3llm.distill.reference import import_reference
 
-    manifest = import_reference(args.file, args.out, teacher=args.teacher, mask_id=args.mask_id)
+    from d3llm.cli.options import check_model_folder
+
+    teacher = check_model_folder(args.teacher) if args.teacher else None
+    manifest = import_reference(args.file, args.out, teacher=teacher, mask_id=args.mask_id)
     print(f"imported {manifest['rows']} trajectories into {args.out}")
     return 0
 

@@ -7,12 +7,11 @@ through :func:`resolve_decoder`, so a model folder decodes the same way whicheve
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from d3llm.decoding.methods import METHODS, method_class
 from d3llm.decoding.params import Params
-from d3llm.errors import GenerationError
+from d3llm.errors import GenerationError, did_you_mean
 
 DEFAULT_METHOD = "multi_block"  # when neither the caller nor the model folder names one
 CAUSAL_DEFAULT_METHOD = "autoregressive"  # the same, for a causal model
@@ -26,8 +25,7 @@ def resolve_method(model, method: str | None) -> str:
         fallback = CAUSAL_DEFAULT_METHOD if getattr(model, "causal", False) else DEFAULT_METHOD
         method = (config.method if config is not None else None) or fallback
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), METHODS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(method, METHODS)
         raise GenerationError(f"unknown method {method!r}{hint}; expected one of {', '.join(METHODS)}")
     return method
 

@@ -20,14 +20,13 @@ sampling ``seed`` is an integer in ``[0, 2**64 - 1]`` (:func:`check_seed`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from d3llm.errors import GenerationError
+from d3llm.errors import GenerationError, did_you_mean
 
 GIVEN, FOLDER, BUILTIN, DERIVED = "given", "folder", "builtin", "derived"
 
@@ -83,8 +82,7 @@ class Params:
         for key, value in kwargs.items():
             target = cls.aliases.get(key, key)
             if target not in names:
-                close = difflib.get_close_matches(key, names + list(cls.aliases), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(key, names + list(cls.aliases))
                 raise GenerationError(
                     f"unknown parameter '{key}' for method '{method}'{hint}; valid parameters: {', '.join(names)}"
                 )

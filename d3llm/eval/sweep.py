@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3llm.errors import ConfigError, D3LLMError
+from d3llm.errors import ConfigError, D3LLMError, did_you_mean
 from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 BASELINE = "vanilla"
@@ -199,10 +199,7 @@ class SweepConfig:
 
 def _check_method(method, key: str, source: str) -> None:
     if method not in SWEEPABLE:
-        import difflib
-
-        close = difflib.get_close_matches(str(method), SWEEPABLE, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(method, SWEEPABLE)
         extra = "; the one-token-per-forward vanilla point is measured for every model anyway" \
             if method == BASELINE else ""
         raise ConfigError(f"{source}: {key}: unknown method {method!r}{hint}; a sweep takes some of "
@@ -361,9 +358,14 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+ANCHOR_MARKERS = ("*", "D", "s", "^", "v", "P", "X")  # one per model: its one-token-per-forward point
+
+
 def plot(results: dict, path: str | os.PathLike) -> None:
-    """Accuracy against TPF, one line per curve, its AUP area shaded (the weighted heights ``y W(y)`` over the
-    points within the floor, flat from TPF 0 to the first point, as AUP integrates them)."""
+    """Accuracy against TPF, one line per curve, its AUP area lightly shaded (the weighted heights ``y W(y)`` over
+    the points within the floor, flat from TPF 0 to the first point, as AUP integrates them) and outlined by a
+    dotted line. Each model has its own color and marks its one-token-per-forward point with its own marker (drawn
+    larger for earlier models, so anchors at the same place stay visible); the legend sits beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,31 +376,39 @@ def plot(results: dict, path: str | os.PathLike) -> None:
     board = sweep_leaderboard(results)
     task = results["task"]
     y_max = board.y_max[task]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = list(results["models"])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    k = 0
+    styles = ("-", "--", "-.", ":")
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    drawn: dict[str, int] = {}  # model -> curves drawn so far (their line styles)
     for name, curve in results["curves"].items():
+        m = models.index(curve["model"]) if curve["model"] in models else 0
+        color = colors[m % len(colors)]
         pts = sorted((results["points"][i]["tpf"], results["points"][i]["accuracy"]) for i in curve["points"])
+        label = f"{name}: AUP {board.tasks[task][name]:.1f}"
         if len(pts) == 1:
-            ax.scatter(*pts[0], color="black", marker="*", s=120, zorder=4, label=f"{name}: AUP "
-                       f"{board.tasks[task][name]:.1f}")
+            size = 360 / (1 + 1.4 * m)  # a later model's anchor fits inside an earlier one's
+            ax.scatter(*pts[0], color=color, marker=ANCHOR_MARKERS[m % len(ANCHOR_MARKERS)], s=size,
+                       edgecolors="black", linewidths=0.8, zorder=5 + m, label=label)
             continue
-        color = colors[k % len(colors)]
-        k += 1
-        ax.plot(*zip(*pts), marker="o", color=color, label=f"{name}: AUP {board.tasks[task][name]:.1f}")
+        k = drawn.get(curve["model"], 0)
+        drawn[curve["model"]] = k + 1
+        ax.plot(*zip(*pts), marker="o", color=color, linestyle=styles[k % len(styles)], zorder=3, label=label)
         kept = within_floor(pts)
         (x1, y1), rest = kept[0], kept[1:]
         xs = [0.0, x1, x1] + [x for x, _ in rest]   # the first rectangle is unweighted, the trapezoids weighted
         ys = [y1, y1, y1 * weight(y1, y_max)] + [y * weight(y, y_max) for _, y in rest]
-        ax.fill_between(xs, ys, 0, color=color, alpha=0.08)
+        ax.fill_between(xs, ys, 0, color=color, alpha=0.12, linewidth=0, zorder=1)
+        ax.plot(xs, ys, color=color, linestyle=":", linewidth=1, alpha=0.8, zorder=2)
     ax.set_xlim(left=0)
     accs = [p["accuracy"] for p in results["points"]]
     ax.set_ylim(max(0.0, min(accs) - 5), min(101.0, max(accs) + 2))
     ax.set_xlabel("tokens per forward (TPF)")
     ax.set_ylabel(f"{results['metric']} exact match (%)")
-    ax.set_title(f"{', '.join(results['models'])} on {task} ({results['n']} problems)")
+    ax.set_title(f"{', '.join(models)} on {task} ({results['n']} problems)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              title="shaded: the area AUP integrates", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

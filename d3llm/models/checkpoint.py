@@ -12,6 +12,7 @@ leaves a folder that loads with mixed or truncated weights.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -80,14 +81,23 @@ def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
+def count_parameters(config: ModelConfig) -> int:
+    """The number of parameters a model of this config has (counted on the meta device: nothing is allocated)."""
+    return sum(math.prod(shape) for shape in expected_tensors(config).values())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------
 
 def _folder(path: str | os.PathLike) -> Path:
-    folder = Path(path).expanduser()
+    """The model folder ``path`` names: a path, or a shipped model's name (``teacher``, ``student``, ``ar``; a real
+    path wins, see :func:`d3llm.assets.resolve_model`)."""
+    from d3llm.assets import resolve_model, unknown_model_hint
+
+    folder = resolve_model(path)
     if not folder.exists():
-        raise CheckpointError(f"model folder '{folder}' does not exist")
+        raise CheckpointError(f"model folder '{folder}' does not exist{unknown_model_hint(path)}")
     if not folder.is_dir():
         raise CheckpointError(f"'{folder}' is a file; expected a model folder holding {CONFIG_NAME} and weights")
     return folder

@@ -93,8 +93,11 @@ class GenerationConfig:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> GenerationConfig | None:
-        """The folder's ``generation_config.json``, or None when it has none."""
-        file = Path(folder) / GENERATION_CONFIG_NAME
+        """The folder's ``generation_config.json``, or None when it has none (``folder`` may be a shipped model's
+        name)."""
+        from d3llm.assets import resolve_model
+
+        file = resolve_model(folder) / GENERATION_CONFIG_NAME
         if not file.is_file():
             return None
         return cls.from_dict(read_json(file, CheckpointError), str(file))

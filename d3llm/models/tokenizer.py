@@ -81,9 +81,11 @@ def load_tokenizer(path: str | os.PathLike):
     """
     from transformers import PreTrainedTokenizerFast
 
-    folder = Path(path).expanduser()
+    from d3llm.assets import resolve_model, unknown_model_hint
+
+    folder = resolve_model(path)  # a path, or a shipped model's name
     if not folder.is_dir():
-        raise CheckpointError(f"tokenizer folder '{folder}' does not exist")
+        raise CheckpointError(f"tokenizer folder '{folder}' does not exist{unknown_model_hint(path)}")
     config_file = folder / "tokenizer_config.json"
     config = read_json(config_file, CheckpointError) if config_file.is_file() else {}
     if not isinstance(config, dict):

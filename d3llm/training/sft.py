@@ -53,7 +53,10 @@ class DataStream:
 # ------------------------------------------------------------------------------------------------------------------
 
 def is_model_folder(spec: str) -> bool:
-    return (Path(spec).expanduser() / "config.json").is_file()
+    """Whether ``--model`` names a model folder (a path, or a shipped model's name) rather than a named config."""
+    from d3llm.assets import resolve_model
+
+    return (resolve_model(spec) / "config.json").is_file()
 
 
 def _tokenizer_for(cfg: TrainConfig, info: distm.DistInfo, out: Path):
