@@ -1,6 +1,6 @@
 """d3llm info [DIR | --model DIR]: what a model folder holds (family, sizes, special ids, weight files, decoding
 defaults), without loading its weights (each weight file's header is checked: a truncated or unreadable file is an
-error). Without DIR: the shipped arith teacher."""
+error). DIR may be a shipped model's name (teacher, student, ar); without it: the shipped teacher."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default=None, metavar="DIR|NAME",
                    help="model folder (config.json + safetensors) or shipped model name (default: the "
                         "shipped teacher)")
-    p.add_argument("--model", dest="model_flag", default=None, metavar="DIR",
+    p.add_argument("--model", dest="model_flag", default=None, metavar="DIR|NAME",
                    help="the same folder as a flag, as every other command takes it")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

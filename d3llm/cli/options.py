@@ -87,8 +87,7 @@ MODEL_HELP = ("model folder, or a shipped model's name: teacher, student, ar (`d
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default=None, metavar="DIR",
-                       help="model folder (default: the shipped arith teacher)")
+    group.add_argument("--model", default=None, metavar="DIR|NAME", help=MODEL_HELP)
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     group.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: as stored)")
     add_threads_flag(group)
