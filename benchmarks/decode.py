@@ -10,7 +10,7 @@ the *forward gain* (generated tokens per second of model time over batch 1's: wh
 themselves, before the loop's share), and the setting's *ceiling*: the mean slice a row forwards per step at batch 1, and what batching gains at most on
 this hardware for slices of that length (tokens/s of one plain ``[b, slice]`` forward over ``[1, slice]``; on a CPU
 a forward of ~100 tokens already runs near the matmul's best per-token speed, so batching can gain little there).
-Prints a table (``--markdown`` adds one for the README) and writes JSON stamped with the hardware and software
+Prints a table (``--markdown`` adds the one of docs/benchmarks.md) and writes JSON stamped with the hardware and software
 versions.
 
     python benchmarks/decode.py                          # the shipped teacher (or a random llada-small)
@@ -170,7 +170,7 @@ def forward_gain(row: dict, alone: dict) -> float:
 
 
 def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
-    """The README table: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
+    """The table of docs/benchmarks.md: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
     head = ["setting", "TPF"] + [f"batch {b}" for b in batches]
     if isinstance(rows[-1]["batch"], str):
         head.append(rows[-1]["batch"].replace("/", " every "))
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,8,32", help="batch sizes (the first should be 1: ratios are to it)")
     ap.add_argument("--stagger-every", type=int, default=2, help="steps between arrivals in the staggered run "
                                                                  "(0: skip it)")
-    ap.add_argument("--markdown", action="store_true", help="also print the README table")
+    ap.add_argument("--markdown", action="store_true", help="also print the table of docs/benchmarks.md")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--methods", default=None, help="semicolon-separated subset of the setting names")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")

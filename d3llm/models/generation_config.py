@@ -48,7 +48,7 @@ _NOT_PARAMETERS = frozenset({"method", "methods", "do_sample", "eos_token_id", "
 
 
 # Decoding defaults the trainer writes for the models it trains (measured on the shipped arith teacher at 48 new
-# tokens: 99.4% exact match on 500 held-out problems at 9.4 tokens per forward; README "The shipped teacher").
+# tokens: 99.4% exact match on 500 held-out problems at 9.4 tokens per forward; docs/training.md "The shipped teacher").
 TRAINED_MODEL_DEFAULTS = {
     "temperature": 0.0, "method": "multi_block", "threshold": 0.2, "block_add_threshold": 0.1,
     "decoded_token_threshold": 0.95, "cache_delay_iter": 2, "refresh_interval": 3, "early_stop": True,
