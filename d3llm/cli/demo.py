@@ -108,8 +108,7 @@ def shipped_demo(args: argparse.Namespace) -> int:
             _answer(label, result, i, tokenizer, ex.gold, shown)
 
     thresholds = sorted({*THRESHOLDS, *(float(d["threshold"]) for d in mb.values())})
-    config = SweepConfig(methods=[MethodGrid("multi_block", thresholds)], task="arith", limit=args.held_out,
-                         batch_size=25)  # a warm-up of 25 rows, not the whole set
+    config = SweepConfig(methods=[MethodGrid("multi_block", thresholds)], task="arith", limit=args.held_out)
     print(f"\nthe held-out set: {args.held_out} problems, each model decoding one token per forward and with "
           f"multi_block at entropy thresholds {', '.join(f'{t:g}' for t in thresholds)}")
     del teacher, student, ar

@@ -4,8 +4,8 @@
   number), in percent.
 * **TPF** (tokens per forward): generated tokens before the first end-of-text, summed over requests, divided by the
   forward passes of those requests. Prompt tokens and end-of-text padding are never counted.
-* **Tokens/s**: the same tokens divided by the wall time of the timed generation calls (a warm-up batch runs first
-  and is not timed).
+* **Tokens/s**: the same tokens divided by the wall time of the timed generation calls (a warm-up decode of a
+  few rows runs first and is not timed).
 
 Every request also yields a record (prompt length, generated tokens, NFE, wall time of its batch, correctness).
 """
@@ -76,14 +76,18 @@ class EvalResult:
         return out
 
 
+WARMUP_ROWS = 8  # rows of the untimed warm-up decode
+
+
 def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
              limit: int | None = None, seed: int | None = None, progress: bool = False, warmup: bool = True,
              on_batch: Callable[[int, int, int], None] | None = None) -> EvalResult:
     """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
     default) and ``params`` (unset ones: the folder's defaults), and score the answers.
 
-    ``warmup``: decode the first batch once, untimed, before the timed run. ``on_batch(requests, tokens, nfe)`` is
-    called after every batch with that batch's counts (a caller's own progress display).
+    ``warmup``: decode the first few rows (:data:`WARMUP_ROWS`) once, untimed, before the timed run.
+    ``on_batch(requests, tokens, nfe)`` is called after every batch with that batch's counts (a caller's own
+    progress display).
     """
     from d3llm.decoding.defaults import resolve_method
     from d3llm.errors import ConfigError
@@ -100,8 +104,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
                           f"every answer needs a '#### N' line or a final number")
     prompts = [encode_conversation(tokenizer, ex.question, getattr(ex, "history", ())) for ex in examples]
 
-    if warmup:
-        d3llm.generate(model, prompts[:batch_size], method, seed=seed, **params)  # not timed
+    if warmup:  # not timed; a few rows load the code paths and the allocator as well as a whole batch does
+        d3llm.generate(model, prompts[:min(batch_size, WARMUP_ROWS)], method, seed=seed, **params)
     outputs: list[list[int]] = []
     nfes: list[int] = []
     walls: list[float] = []

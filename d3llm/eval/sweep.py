@@ -10,8 +10,8 @@ A sweep decodes the same problems once per point:
 
 Each point records accuracy (strict exact match by default), TPF (generated tokens before end-of-text per forward;
 prompts and padding never count), tokens/s, per-request latency p50/p99 (the wall time of the ``generate`` call
-that served the request), NFE and the fully resolved decoder settings. A warm-up batch per (model, method) is
-decoded first and not measured. Curves are scored by :func:`d3llm.eval.leaderboard` with ``y_max`` the best point
+that served the request), NFE and the fully resolved decoder settings. A warm-up decode of a few rows per (model, method) runs
+first and is not measured. Curves are scored by :func:`d3llm.eval.leaderboard` with ``y_max`` the best point
 of the whole sweep; points below a curve's floor are shown but not counted (``below floor``).
 
 The configuration file (YAML)::
