@@ -171,8 +171,9 @@ def dream_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
-    """numpy copies of device tensors (one synchronisation; views on the CPU)."""
-    return [t.cpu().numpy() for t in tensors]
+    """numpy copies of device tensors (one synchronisation; views on the CPU). bfloat16, which numpy lacks, comes
+    back as float32 (exactly: every bfloat16 value is a float32 value, so orders and ties are kept)."""
+    return [(t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy() for t in tensors]
 
 
 # -- commit rules (host) ------------------------------------------------------------------------------------------

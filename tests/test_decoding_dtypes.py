@@ -1,0 +1,32 @@
+"""Decoding in the dtypes real checkpoints ship in: every decoder of both families runs in bfloat16 and float16
+(numpy has no bfloat16: the scores reach the host as float32) and gives the same tokens whatever the batch."""
+
+import pytest
+import torch
+
+import d3llm
+
+SETTINGS = [
+    ("vanilla", dict(steps=16, block_size=8)),
+    ("block_entropy", dict(steps=16, threshold=0.5, block_size=8)),
+    ("fast_dllm", dict(steps=16, cache="none", block_size=8)),
+    ("fast_dllm", dict(steps=16, cache="prefix", block_size=8)),
+    ("fast_dllm", dict(steps=16, cache="dual", block_size=8)),
+    ("multi_block", dict(threshold=0.5, block_size=8)),
+    ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
+]
+DREAM_VANILLA = [("vanilla", dict(steps=16, alg=alg)) for alg in ("origin", "maskgit_plus", "topk_margin", "entropy")]
+PROMPTS = [[1, 2, 3, 4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("family", ["llada-tiny", "dream-tiny"])
+def test_every_decoder_runs_in_half_precision(family, dtype):
+    model = d3llm.build_model(family, seed=1).to(dtype)
+    settings = SETTINGS if family.startswith("llada") else [s for s in SETTINGS if s[0] != "vanilla"] + DREAM_VANILLA
+    for method, params in settings:
+        together = d3llm.generate(model, PROMPTS, method, max_new_tokens=16, seed=0, **params)
+        assert (together.generated != model.config.mask_token_id).all(), (method, params)
+        for i, prompt in enumerate(PROMPTS):
+            alone = d3llm.generate(model, [prompt], method, max_new_tokens=16, seed=0, **params)
+            assert alone.tokens[0] == together.tokens[i], (method, params, i)
