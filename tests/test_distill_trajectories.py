@@ -119,7 +119,8 @@ def test_two_torchrun_ranks_give_the_records_of_one_process(teachers, extracted,
 
 def test_extraction_options_are_checked_against_the_folder(teachers, extracted, capsys):
     assert main(extract_args(teachers["llada"], extracted, 6, "--seed", "5")) == 2
-    assert "holds trajectories of another configuration (differs in: seed)" in capsys.readouterr().err
+    assert "holds trajectories of another configuration (differs in: seed (0 there, 5 now)); rerun with the same " \
+           "options" in capsys.readouterr().err
 
 
 def test_reference_import_export_round_trip(extracted, teachers, tmp_path):
