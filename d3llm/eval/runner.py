@@ -132,12 +132,13 @@ def model_identity(model, folder) -> dict:
             "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
 
 
-def questions_key(dataset, n: int) -> str:
-    """A short hash of the first ``n`` examples (questions, earlier turns, gold answers)."""
+def questions_key(dataset) -> str:
+    """A short hash of the dataset's examples (questions, earlier turns, gold answers), all of them: a changed
+    ``limit`` is reported as itself, not as other questions."""
     from d3llm.resume import canonical_key
 
     return canonical_key([[ex.question, list(getattr(ex, "history", ())), ex.gold]
-                          for ex in (dataset[i] for i in range(n))])[:16]
+                          for ex in (dataset[i] for i in range(len(dataset)))])[:16]
 
 
 def eval_plan(model, folder, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
@@ -150,7 +151,7 @@ def eval_plan(model, folder, dataset, method: str | None = None, params: dict | 
     method, _, resolved = resolve_decoder(model, method, dict(params or {}))
     n = _count(dataset, limit)
     return {"model": model_identity(model, folder), "task": getattr(dataset, "name", "dataset"),
-            "questions": questions_key(dataset, n), "limit": n, "method": method, "params": resolved.as_dict(),
+            "questions": questions_key(dataset), "limit": n, "method": method, "params": resolved.as_dict(),
             "batch_size": batch_size, "seed": seed}
 
 

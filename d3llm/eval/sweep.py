@@ -224,7 +224,7 @@ def sweep_plan(loaded: Sequence[tuple], config: SweepConfig, dataset, n: int) ->
     from d3llm.eval.runner import model_identity, questions_key
 
     return {**config.to_dict(), "task": getattr(dataset, "name", config.task), "limit": n,
-            "questions": questions_key(dataset, n),
+            "questions": questions_key(dataset),
             "models": [model_identity(model, folder) for folder, _, model, *_ in loaded]}
 
 
