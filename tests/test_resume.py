@@ -169,7 +169,7 @@ def test_sweep_resumes_point_by_point_and_batch_by_batch(tmp_path, monkeypatch, 
     assert _sweep(tmp_path, out) == 0
     assert rerun.calls == 1 + 1 + 2  # multi_block's warm-up, the second batch of 0.2, both batches of 4.0
     bar = Recorder.made[-1]
-    assert bar.batches == [1] * 3 and bar.done == 6
+    assert bar.batches == [0] + [1] * 3 and bar.done == 6  # 0: the kept batch's tokens join the running TPF
     assert bar.steps[0][0] == 3  # the problems saved before count as done from the start
     assert not partial_path(out / "sweep.json").exists()
     a, b = (json.loads((d / "sweep.json").read_text()) for d in (whole, out))
@@ -212,7 +212,7 @@ def test_evaluate_counts_resumed_batches_as_done(monkeypatch):
     first = evaluate(model, tok, data, "multi_block", batch_size=2, on_batch=saved.append, progress=True)
     again = evaluate(model, tok, data, "multi_block", batch_size=2, progress=True,
                      resume_from={b.start: b for b in saved[:2]})
-    assert Recorder.made[-1].done == 6 and Recorder.made[-1].batches == [2]
+    assert Recorder.made[-1].done == 6 and Recorder.made[-1].batches == [0, 2]
     assert Recorder.made[-1].steps[0][0] == 4
     assert without_timing(first.to_dict()) == without_timing(again.to_dict())
 

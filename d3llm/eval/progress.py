@@ -40,7 +40,8 @@ class ProblemBar:
         self.progress.update(self.task, completed=self.done + filled, count=self._count(finished))
 
     def advance(self, requests: int, tokens: int, nfe: int) -> None:
-        """A batch of ``requests`` problems is finished, with these generated tokens and forwards."""
+        """A batch of ``requests`` problems is finished, with these generated tokens and forwards (``requests`` 0:
+        batches kept from an earlier run, counted done already, join the running TPF)."""
         self.done += requests
         self.tokens, self.nfe = self.tokens + tokens, self.nfe + nfe
         self.progress.update(self.task, completed=self.done, count=self._count(0),

@@ -195,6 +195,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     bar = ProblemBar(n, f"{method} on {getattr(dataset, 'name', 'dataset')}",
                      done=sum(len(b.tokens) for b in done.values())) if progress is True else (progress or None)
     mask_id = getattr(model.config, "mask_token_id", None)
+    if bar is not None and done:  # the running TPF includes the batches kept from before (already counted done)
+        bar.advance(0, sum(len(ids) for b in done.values() for ids in b.tokens), sum(sum(b.nfe) for b in done.values()))
     try:
         for start in todo:
             chunk = prompts[start : start + batch_size]
