@@ -121,6 +121,14 @@ def test_eval_refuses_to_continue_with_other_settings(tmp_path, monkeypatch, cap
     assert partial_path(out).read_text() == before  # kept as it was
 
 
+def test_an_interruption_before_any_batch_leaves_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval.json"
+    Decodes(monkeypatch, stop_at=1)  # Ctrl-C in the warm-up
+    assert main([*EVAL, "--out", str(out), "--no-progress"]) == 130
+    assert "interrupted (no batch had finished: nothing is saved)" in capsys.readouterr().err
+    assert not partial_path(out).exists() and not out.exists()
+
+
 def test_a_damaged_partial_file_is_a_clear_error(tmp_path, error_line):
     out = tmp_path / "eval.json"
     partial_path(out).write_text("{not json")

@@ -2,8 +2,9 @@
 
 They live beside the final output, in ``FILE.partial`` and ``DIR/sweep.json.partial``: one JSON object holding the
 run's plan (every setting its figures depend on, see :func:`d3llm.eval.runner.eval_plan`), the finished points of a
-sweep and the finished batches of the point in flight. The file is rewritten atomically after every batch, so an
-interruption (Ctrl-C) loses at most the batch being decoded, and removed once the final output is written. A rerun
+sweep and the finished batches of the point in flight. The file is written when the run starts (an unwritable place
+fails before any decoding), rewritten atomically after every batch, so an interruption (Ctrl-C) loses at most the
+batch being decoded, and removed once the final output is written. A rerun
 with the same plan continues from it; a rerun with another plan is refused (:func:`d3llm.resume.check_plan`), naming
 each differing setting.
 """
@@ -40,7 +41,7 @@ class PartialResults:
     """The finished points and batches of one run (``plan``), saved in ``path``.
 
     Points and batches are keyed by a point id the caller chooses (stable for a plan, e.g. its position in the
-    sweep). Nothing is written until the first batch or point is saved."""
+    sweep)."""
 
     def __init__(self, path: str | os.PathLike, plan: dict, what: str) -> None:
         self.path, self.plan, self.what = Path(path).expanduser(), as_json(plan), what
@@ -49,11 +50,16 @@ class PartialResults:
 
     @classmethod
     def open(cls, path: str | os.PathLike, plan: dict, what: str) -> PartialResults:
-        """The partial results in ``path`` (none yet when it does not exist). A file made with another plan is
-        refused, naming the differing settings; ``what`` names the run in messages (``an unfinished sweep``)."""
+        """The partial results in ``path``, written at once with this plan (so that an unwritable place fails before
+        any decoding). A file with saved work made with another plan is refused, naming the differing settings; one
+        with nothing saved is started over. ``what`` names the run in messages (``an unfinished sweep``)."""
         self = cls(path, plan, what)
-        if not self.path.exists():
-            return self
+        if self.path.exists():
+            self._read()
+        self._write()
+        return self
+
+    def _read(self) -> None:
         fix = f"delete {self.path} to start over"
         try:
             data = read_json(self.path, ConfigError)
@@ -62,16 +68,17 @@ class PartialResults:
         if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("plan"), dict):
             raise ConfigError(f"{self.path} is not a partial-results file of d3llm (expected \"kind\": \"{KIND}\"); "
                               f"{fix}")
-        check_plan(data["plan"], self.plan, where=str(self.path), what=what,
-                   hint=f"rerun with the same settings to finish it, choose another --out, or {fix}")
         points, batches = data.get("points", {}), data.get("batches", {})
         if not (isinstance(points, dict) and isinstance(batches, dict)
                 and all(isinstance(v, dict) for v in (*points.values(), *batches.values()))):
             raise ConfigError(f"{self.path}: 'points' and 'batches' must map point ids to objects; {fix}")
+        if not points and not any(batches.values()):
+            return  # nothing to lose: this run starts over with its own plan
+        check_plan(data["plan"], self.plan, where=str(self.path), what=self.what,
+                   hint=f"rerun with the same settings to finish it, choose another --out, or {fix}")
         self.points, self._batches = points, batches
         for point in batches:
             self.batches(point)  # every saved batch is checked now, before any decoding
-        return self
 
     def batches(self, point: str) -> dict[int, Batch]:
         """The saved batches of ``point``, by first row."""
@@ -93,11 +100,14 @@ class PartialResults:
                 + sum(len(b["tokens"]) for saved in self._batches.values() for b in saved.values()))
 
     def interrupted(self, total: int) -> KeyboardInterrupt:
-        """The interruption to raise in place of a Ctrl-C: it says what is kept and how to continue."""
-        if not self.path.exists():
+        """The interruption to raise in place of a Ctrl-C: it says what is kept and how to continue (a file with
+        nothing saved is removed)."""
+        saved = self.saved_rows()
+        if not saved:
+            discard(self.path)
             return KeyboardInterrupt("no batch had finished: nothing is saved")
-        return KeyboardInterrupt(f"{self.saved_rows()} of {total} problems are saved in {self.path}; the same "
-                                 f"command continues from there")
+        return KeyboardInterrupt(f"{saved} of {total} problems are saved in {self.path}; the same command continues "
+                                 f"from there")
 
     def _write(self) -> None:
         make_folder(self.path.parent)

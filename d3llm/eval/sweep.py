@@ -12,7 +12,8 @@ Each point records accuracy (strict exact match by default), TPF (generated toke
 prompts and padding never count), tokens/s, per-request latency p50/p99 (the wall time of the ``generate`` call
 that served the request), NFE and the fully resolved decoder settings. A warm-up decode of a few rows per (model, method) runs
 first and is not measured. Curves are scored by :func:`d3llm.eval.leaderboard` with ``y_max`` the best point
-of the whole sweep; points below a curve's floor are shown but not counted (``below floor``).
+of the whole sweep; points below a curve's floor are shown but not counted (``below floor``). With ``resume``,
+finished points and batches are kept as they come and a rerun continues from them (:mod:`d3llm.eval.partial`).
 
 The configuration file (YAML)::
 
