@@ -217,7 +217,7 @@ def test_evaluate_counts_resumed_batches_as_done(monkeypatch):
     model, tok = d3llm.load_model(TEACHER), d3llm.load_tokenizer(TEACHER)
     data = load_dataset("arith:test", size=6)
     saved = []
-    first = evaluate(model, tok, data, "multi_block", batch_size=2, on_batch=saved.append, progress=True)
+    first = evaluate(model, tok, data, "multi_block", batch_size=2, save_batch=saved.append, progress=True)
     again = evaluate(model, tok, data, "multi_block", batch_size=2, progress=True,
                      resume_from={b.start: b for b in saved[:2]})
     assert Recorder.made[-1].done == 6 and Recorder.made[-1].batches == [0, 2]

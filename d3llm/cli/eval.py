@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="also write summary, per-request records and environment to this JSON file (resumable: see above)")
+                   help="also write summary, per-request records and environment to this JSON file (finished "
+                        "batches are kept in FILE.partial: a rerun continues an interrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_flags(p)
     add_decoder_flags(p)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(model, tokenizer, dataset, args.method, params, **settings,
                           progress=not (args.no_progress or args.json),
                           resume_from=partial.batches(POINT) if partial else None,
-                          on_batch=(lambda batch: partial.save_batch(POINT, batch)) if partial else None)
+                          save_batch=(lambda batch: partial.save_batch(POINT, batch)) if partial else None)
     except KeyboardInterrupt:
         if partial is None:
             raise

@@ -158,14 +158,14 @@ def eval_plan(model, folder, dataset, method: str | None = None, params: dict | 
 def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
              limit: int | None = None, seed: int | None = None, progress=False, warmup: bool = True,
              resume_from: Mapping[int, Batch] | None = None,
-             on_batch: Callable[[Batch], None] | None = None) -> EvalResult:
+             save_batch: Callable[[Batch], None] | None = None) -> EvalResult:
     """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
     default) and ``params`` (unset ones: the folder's defaults), and score the answers.
 
     ``warmup``: decode the first few rows (:data:`WARMUP_ROWS`) once, untimed, before the timed run (skipped when no
     batch is left to decode). ``progress``: True draws a :class:`~d3llm.eval.progress.ProblemBar`; a caller's own
     bar (``step(finished, filled)`` within a batch, ``advance(requests, tokens, nfe)`` after it) is updated instead.
-    ``resume_from``: batches an earlier run decoded (by first row), not decoded again; ``on_batch(batch)`` is called
+    ``resume_from``: batches an earlier run decoded (by first row), not decoded again; ``save_batch(batch)`` is called
     after every batch decoded here (to save it). Batches always start at multiples of ``batch_size``, so a resumed
     evaluation decodes the same batches as an uninterrupted one.
     """
@@ -204,8 +204,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
             result = d3llm.generate(model, chunk, method, seed=seed, callback=watch, **params)
             done[start] = batch = Batch(start, [[int(t) for t in ids] for ids in result.tokens], result.nfe.tolist(),
                                         result.wall_time, result.model_time, result.method, result.params)
-            if on_batch is not None:
-                on_batch(batch)
+            if save_batch is not None:
+                save_batch(batch)
             if bar is not None:
                 bar.advance(len(chunk), int(result.num_tokens.sum()), int(result.nfe.sum()))
     finally:

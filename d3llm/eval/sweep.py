@@ -298,7 +298,7 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
                 result = evaluate(model, tokenizer, dataset, method, params, batch_size=config.batch_size, limit=n,
                                   seed=config.seed, warmup=method not in warmed, progress=bar or False,
                                   resume_from=saved,
-                                  on_batch=(lambda b, p=point: partial.save_batch(p, b)) if partial else None)
+                                  save_batch=(lambda b, p=point: partial.save_batch(p, b)) if partial else None)
                 if len(saved) < batches_per_point:  # something was decoded, after a warm-up
                     warmed.add(method)
                 points.append(_point(label, curve, method, threshold, result, config.metric))
