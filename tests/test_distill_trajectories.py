@@ -57,6 +57,32 @@ def test_state_k_from_order_is_the_engine_canvas_after_step_k(teachers, family):
         assert (canvases[k][len(prompt):] != model.mask_token_id).sum() == GEN
 
 
+def test_the_extract_bar_counts_the_batch_just_finished(teachers, monkeypatch):
+    """The teacher's "% correct" includes the batch that just finished, retries (which make wrong rows right)
+    included."""
+    import d3llm.distill.extract as extract
+
+    teacher_dir = teachers["llada"]
+    model, tok = d3llm.load_model(teacher_dir), d3llm.load_tokenizer(teacher_dir)
+    cfg = ExtractConfig(teacher=str(teacher_dir), data="arith", out="-", limit=4, gen_length=GEN, block_size=BLOCK,
+                        attempts=2, batch_size=2)
+    rows, _ = load_source("arith", 4, 0)
+    prompts = [prompt_of(r, tok, True) for r in rows]
+    method, params = teacher_decoder(model.family, cfg)
+    verdicts = iter([True, False, True, False, True, True])  # rows 0, 2 right at once; rows 1, 3 on their retry
+    monkeypatch.setattr(extract, "answer_matches", lambda text, gold: next(verdicts))
+    bar, shown = extract._Bar(4, 0, True), []
+
+    def on_batch(new_rows, retry, correct):
+        bar.advance(new_rows, retry, correct)
+        shown.append((new_rows, retry, correct, bar.bar.tasks[0].fields["info"].split("teacher ")[1].split("%")[0]))
+
+    _, stats = decode_shard(model, tok, rows, prompts, cfg, 0, method, params, on_batch=on_batch)
+    bar.close()
+    assert shown == [(2, False, 1, "50.0"), (2, False, 1, "50.0"), (0, True, 2, "100.0")]
+    assert stats.correct == 4
+
+
 def test_extraction_records_and_manifest(extracted, teachers):
     traj = read_trajectories(extracted)
     assert len(traj) == 6 and traj.gen_length == GEN and traj.idx.tolist() == list(range(6))
@@ -119,7 +145,8 @@ def test_two_torchrun_ranks_give_the_records_of_one_process(teachers, extracted,
 
 def test_extraction_options_are_checked_against_the_folder(teachers, extracted, capsys):
     assert main(extract_args(teachers["llada"], extracted, 6, "--seed", "5")) == 2
-    assert "holds trajectories of another configuration (differs in: seed)" in capsys.readouterr().err
+    assert "holds trajectories of another configuration (differs in: seed (0 there, 5 now)); rerun with the same " \
+           "options" in capsys.readouterr().err
 
 
 def test_reference_import_export_round_trip(extracted, teachers, tmp_path):

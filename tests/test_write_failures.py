@@ -105,7 +105,8 @@ def test_eval_into_a_read_only_folder(teacher_and_trajectories, tmp_path, read_o
     out = folder / "eval.json"
     assert main(["eval", "--model", str(teacher), "--limit", "1", "--max-new-tokens", str(GEN), "--block-size",
                  str(BLOCK), "--no-progress", "--out", str(out)]) == 2
-    assert error_line("eval") == f"d3llm eval: error: cannot write {out}: {DENIED}"
+    # the partial results are written first, before any decoding
+    assert error_line("eval") == f"d3llm eval: error: cannot write {out}.partial: {DENIED}"
     assert list(folder.iterdir()) == []
 
 

@@ -5,6 +5,10 @@
     d3llm eval --turns 2 --limit 100                         # each question after one earlier turn of chat
     d3llm eval --task arith:test:steps=1                     # the one-step questions only
     d3llm eval --model DIR --task data.jsonl --method multi_block --threshold 0.5 --json --out eval.json
+
+With --out FILE, finished batches are kept in FILE.partial as they come: after an interruption (Ctrl-C) the same
+command continues where it stopped and writes the FILE an uninterrupted run writes (timings aside); other settings
+with the same --out are refused. FILE.partial is removed once FILE is written.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 
 from d3llm.cli.options import (add_decoder_flags, add_model_flags, add_parser, apply_threads, decoder_params,
                                model_folder, output_file)
+
+POINT = "eval"  # the one point of an evaluation in its partial-results file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="also write summary, per-request records and environment to this JSON file")
+                   help="also write summary, per-request records and environment to this JSON file (finished "
+                        "batches are kept in FILE.partial: a rerun continues an interrupted run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_flags(p)
     add_decoder_flags(p)
@@ -37,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import d3llm
     from d3llm.errors import ConfigError
-    from d3llm.eval.runner import evaluate
-    from d3llm.files import atomic_write_text
+    from d3llm.eval.partial import PartialResults, discard, partial_path
+    from d3llm.eval.runner import eval_plan, evaluate
+    from d3llm.files import atomic_write_text, check_output_file
     from d3llm.tasks.data import load_dataset, with_turns
 
     if args.limit is not None and args.limit <= 0:
@@ -46,15 +54,31 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     out = output_file(args.out)
+    if out is not None:
+        check_output_file(partial_path(out), "--out")
     folder = model_folder(args)
     dataset = load_dataset(with_turns(args.task, args.turns), default_split="test", scored=True)
     model = d3llm.load_model(folder, device=args.device, dtype=args.dtype)
     apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
-    result = evaluate(model, tokenizer, dataset, args.method, decoder_params(args), batch_size=args.batch_size,
-                      limit=args.limit, seed=args.seed, progress=not (args.no_progress or args.json))
+    params = decoder_params(args)
+    settings = dict(batch_size=args.batch_size, limit=args.limit, seed=args.seed)
+    partial = None
+    if out is not None:  # finished batches are saved as they come; a rerun of the same command continues
+        plan = eval_plan(model, folder, dataset, args.method, params, **settings)
+        partial = PartialResults.open(partial_path(out), plan, "an unfinished evaluation")
+    try:
+        result = evaluate(model, tokenizer, dataset, args.method, params, **settings,
+                          progress=not (args.no_progress or args.json),
+                          resume_from=partial.batches(POINT) if partial else None,
+                          save_batch=(lambda batch: partial.save_batch(POINT, batch)) if partial else None)
+    except KeyboardInterrupt:
+        if partial is None:
+            raise
+        raise partial.interrupted(plan["limit"]) from None
     if out is not None:
         atomic_write_text(out, json.dumps(result.to_dict(), indent=2))
+        discard(partial.path)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))

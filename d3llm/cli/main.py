@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"d3llm {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"d3llm {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a resumable command says what it kept
+        print(f"d3llm {args.command}: interrupted" + (f" ({exc})" if exc.args else ""), file=sys.stderr)
         return 130
 
 

@@ -11,6 +11,11 @@ against TPF per curve, the AUP area shaded). Each model's one-token-per-forward 
 max_new_tokens) is measured once and starts every curve of that model. `d3llm aup OUT/sweep.json` re-scores the
 results, also together with other sweeps.
 
+Finished points, and the finished batches of the point in flight, are kept in OUT/sweep.json.partial as they come:
+after an interruption (Ctrl-C) the same command continues where it stopped and writes what an uninterrupted run
+writes (timings aside); other settings with the same --out are refused. The file is removed once the outputs are
+written.
+
 Without --config: --methods (default: fast_dllm,block_entropy,multi_block) with --thresholds (default: a grid per
 method); decoder flags apply to every point. Flags given with --config override the file's values.
 """
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from d3llm.errors import ConfigError
+    from d3llm.eval.partial import discard, partial_path
     from d3llm.eval.sweep import SWEEPABLE, SweepConfig, output_paths, run_sweep, write_outputs
     from d3llm.files import check_output_file
     from d3llm.tasks.data import with_turns
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file; expected a folder for sweep.json, sweep.md and sweep.png")
-    for path in output_paths(out, png=not args.no_plot).values():
+    resume = partial_path(output_paths(out)["json"])
+    for path in (*output_paths(out, png=not args.no_plot).values(), resume):
         check_output_file(path)
     if not args.no_plot:
         try:
@@ -108,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
         models = [str(default_model_path())]
     results = run_sweep(models, config, device=args.device, dtype=args.dtype, progress=not args.no_progress,
                         on_load=lambda model: apply_threads(args.threads, model),
-                        command=shlex.join(["d3llm", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "")
+                        command=shlex.join(["d3llm", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "",
+                        resume=resume)
     paths = write_outputs(results, out, png=not args.no_plot)
+    discard(resume)  # the outputs hold every point now
     print(paths["table"].read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -27,6 +27,7 @@ from d3llm.distill.config import ExtractConfig
 from d3llm.distill.store import TrajectoryError
 from d3llm.errors import ConfigError
 from d3llm.files import check_output_file, make_folder
+from d3llm.resume import check_plan
 from d3llm.training import distributed as distm
 from d3llm.training.objective import seed_of
 
@@ -173,7 +174,10 @@ class ShardStats:
 
 def decode_shard(teacher, tokenizer, rows: list[SourceRow], prompts: list[list[int]], cfg: ExtractConfig,
                  shard: int, method: str, params: dict, on_batch=None) -> tuple[list[dict], ShardStats]:
-    """Decode one shard's rows with retries (SPEC 6.4); returns the records and counts."""
+    """Decode one shard's rows with retries (SPEC 6.4); returns the records and counts.
+
+    ``on_batch(rows, retry, correct)`` is called after every batch: the source rows it decoded for the first time
+    (0 for a retry batch), whether it was a retry, and how many of its rows it answered right."""
     from d3llm.decoding import generate
 
     n, gen = len(rows), cfg.gen_length
@@ -199,8 +203,9 @@ def decode_shard(teacher, tokenizer, rows: list[SourceRow], prompts: list[list[i
                               "is_correct": answer_matches(text, row.gold), "attempt": attempt,
                               "temperature": temperature, "generated_text": text, "gold": row.gold}
             stats.decodes += len(chunk)
-            if on_batch is not None:
-                on_batch(len(chunk) if attempt == 0 else 0, attempt > 0)
+            if on_batch is not None:  # a retried row was wrong before: every right answer here is newly right
+                on_batch(len(chunk) if attempt == 0 else 0, attempt > 0,
+                         sum(bool(records[i]["is_correct"]) for i in chunk))
         pending = [i for i in pending if not records[i]["is_correct"]]
         if not pending or attempt == cfg.attempts - 1:
             break
@@ -233,17 +238,17 @@ class _Bar:
             self.task = self.bar.add_task("extract", total=total, completed=done, info="")
             self.bar.start()
 
-    def advance(self, rows: int, retry: bool) -> None:
+    def advance(self, rows: int, retry: bool, correct: int) -> None:
+        """After a batch: ``rows`` new source rows, ``retry`` whether it retried wrong rows, ``correct`` its rows
+        answered right (the accuracy shown includes them at once)."""
         self.rows += rows
         self.retries += int(retry)
+        self.correct += correct
         if self.bar is not None:
             rate = self.rows / max(time.perf_counter() - self.t0, 1e-9)
             acc = 100.0 * self.correct / self.rows if self.rows else 0.0
             self.bar.update(self.task, advance=rows, info=f"{rate:,.1f} rows/s  teacher {acc:.1f}% correct  "
                                                           f"{self.retries} retry batches")
-
-    def shard_done(self, stats: ShardStats) -> None:
-        self.correct += stats.correct
 
     def log(self, text: str) -> None:
         (self.bar.console if self.bar is not None else self.console).print(text)
@@ -253,19 +258,18 @@ class _Bar:
             self.bar.stop()
 
 
+PLAN_IGNORED = ("teacher_path",)  # the folder may move: its hashes identify the teacher
+
+
 def _plan_key(plan: dict) -> str:
-    return store.canonical_key({k: v for k, v in plan.items() if k != "teacher_path"})
+    return store.canonical_key({k: v for k, v in plan.items() if k not in PLAN_IGNORED})
 
 
 def _check_plan(out: Path, plan: dict) -> None:
     file = out / store.PLAN
-    if not file.is_file():
-        return
-    old = store.read_json(file, "extraction plan")
-    if _plan_key(old) != _plan_key(plan):
-        diffs = sorted(k for k in set(old) | set(plan) if k != "teacher_path" and old.get(k) != plan.get(k))
-        raise ConfigError(f"{out} holds trajectories of another configuration (differs in: {', '.join(diffs)}); "
-                          f"rerun with the same options to continue it, or choose another --out")
+    old = store.read_json(file, "extraction plan") if file.is_file() else None
+    check_plan(old, plan, where=str(out), what="trajectories", ignore=PLAN_IGNORED,
+               hint="rerun with the same options to continue it, or choose another --out")
 
 
 def _shard_done(out: Path, shard: int, key: str) -> dict | None:
@@ -340,7 +344,6 @@ def _extract(cfg: ExtractConfig, info: distm.DistInfo) -> Path:
             prompts = [prompt_of(r, tokenizer, cfg.chat_template) for r in part]
             records, stats = decode_shard(teacher, tokenizer, part, prompts, cfg, shard, method, params,
                                           on_batch=bar.advance)
-            bar.shard_done(stats)
             parquet, record = store.shard_paths(out, shard)
             entry = store.write_shard(parquet, records)
             store.write_json(record, {**entry, "key": key, "shard": shard, "first_idx": part[0].idx,

@@ -21,12 +21,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from d3llm.errors import D3LLMError
 from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json as read_json_file
+from d3llm.resume import canonical_key  # noqa: F401 (the trajectory sets' key, imported from here)
 from d3llm.training.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
@@ -84,10 +84,6 @@ def model_hashes(folder: str | os.PathLike) -> dict[str, str | None]:
     return {"teacher_hash": files_hash(folder, ("config.json", *weights)),
             "tokenizer_hash": files_hash(folder, ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                                                   "vocab.json", "merges.txt", "chat_template.jinja"))}
-
-
-def canonical_key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def shard_paths(folder: Path, shard: int) -> tuple[Path, Path]:

@@ -8,12 +8,12 @@
   few rows runs first and is not timed).
 
 Every request also yields a record (prompt length, generated tokens, NFE, wall time of its batch, correctness).
+A run can be resumed batch by batch (:class:`Batch`, :func:`eval_plan`; ``d3llm eval --out`` does it).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import d3llm
@@ -79,52 +79,143 @@ class EvalResult:
 WARMUP_ROWS = 8  # rows of the untimed warm-up decode
 
 
-def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
-             limit: int | None = None, seed: int | None = None, progress: bool = False, warmup: bool = True,
-             on_batch: Callable[[int, int, int], None] | None = None) -> EvalResult:
-    """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
-    default) and ``params`` (unset ones: the folder's defaults), and score the answers.
+@dataclass
+class Batch:
+    """One decoded batch: its first row, each row's generated ids and forwards, the batch's wall and model time and
+    the resolved decoder. The records and figures of its rows are computed from these alone, so a resumed evaluation
+    rebuilds them exactly from the batches an earlier run saved."""
 
-    ``warmup``: decode the first few rows (:data:`WARMUP_ROWS`) once, untimed, before the timed run.
-    ``on_batch(requests, tokens, nfe)`` is called after every batch with that batch's counts (a caller's own
-    progress display).
-    """
-    from d3llm.decoding.defaults import resolve_method
+    start: int
+    tokens: list[list[int]]
+    nfe: list[int]
+    wall_s: float
+    model_s: float
+    method: str
+    params: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data, source: str) -> Batch:
+        """A batch read back from ``source`` (a partial-results file); a malformed one is a ConfigError."""
+        from d3llm.errors import ConfigError
+
+        try:
+            batch = cls(**data)
+            ok = (len(batch.tokens) == len(batch.nfe) > 0 and isinstance(batch.params, dict)
+                  and all(isinstance(t, int) for row in batch.tokens for t in row))
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{source}: a saved batch is malformed (expected {', '.join(cls.__dataclass_fields__)} "
+                              f"with one token list and one NFE per row); delete {source} to start over")
+        return batch
+
+
+def _count(dataset, limit: int | None) -> int:
     from d3llm.errors import ConfigError
 
-    params = dict(params or {})
-    method = resolve_method(model, method)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n <= 0:
         raise ConfigError(f"nothing to evaluate: the dataset has {len(dataset)} examples and limit is {limit}")
+    return n
+
+
+def model_identity(model, folder) -> dict:
+    """What a resumed run must decode with again: the model folder, a fingerprint of its files, device and dtype."""
+    from pathlib import Path
+
+    from d3llm.resume import model_fingerprint
+
+    return {"path": str(Path(folder).expanduser().resolve()), "files": model_fingerprint(Path(folder).expanduser()),
+            "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def questions_key(dataset) -> str:
+    """A short hash of the dataset's examples (questions, earlier turns, gold answers), all of them: a changed
+    ``limit`` is reported as itself, not as other questions."""
+    from d3llm.resume import canonical_key
+
+    return canonical_key([[ex.question, list(getattr(ex, "history", ())), ex.gold]
+                          for ex in (dataset[i] for i in range(len(dataset)))])[:16]
+
+
+def eval_plan(model, folder, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
+              limit: int | None = None, seed: int | None = None) -> dict:
+    """Every setting the figures of :func:`evaluate` depend on, as a resumed ``d3llm eval --out`` compares them:
+    the model (:func:`model_identity`), the task and a hash of its questions, the number of problems, the resolved
+    method and parameters, the batch size and the seed. Bad decoder parameters fail here, before any decoding."""
+    from d3llm.decoding.defaults import resolve_decoder
+
+    method, _, resolved = resolve_decoder(model, method, dict(params or {}))
+    n = _count(dataset, limit)
+    return {"model": model_identity(model, folder), "task": getattr(dataset, "name", "dataset"),
+            "questions": questions_key(dataset), "limit": n, "method": method, "params": resolved.as_dict(),
+            "batch_size": batch_size, "seed": seed}
+
+
+def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict | None = None, *, batch_size: int = 8,
+             limit: int | None = None, seed: int | None = None, progress=False, warmup: bool = True,
+             resume_from: Mapping[int, Batch] | None = None,
+             save_batch: Callable[[Batch], None] | None = None) -> EvalResult:
+    """Decode every question of ``dataset`` (or its first ``limit``) with ``method`` (None: the model folder's
+    default) and ``params`` (unset ones: the folder's defaults), and score the answers.
+
+    ``warmup``: decode the first few rows (:data:`WARMUP_ROWS`) once, untimed, before the timed run (skipped when no
+    batch is left to decode). ``progress``: True draws a :class:`~d3llm.eval.progress.ProblemBar`; a caller's own
+    bar (``step(finished, filled)`` within a batch, ``advance(requests, tokens, nfe)`` after it) is updated instead.
+    ``resume_from``: batches an earlier run decoded (by first row), not decoded again; ``save_batch(batch)`` is called
+    after every batch decoded here (to save it). Batches always start at multiples of ``batch_size``, so a resumed
+    evaluation decodes the same batches as an uninterrupted one.
+    """
+    from d3llm.decoding.defaults import resolve_method
+    from d3llm.errors import ConfigError
+    from d3llm.eval.progress import ProblemBar, step_watcher
+
+    params = dict(params or {})
+    method = resolve_method(model, method)
+    n = _count(dataset, limit)
     examples = [dataset[i] for i in range(n)]
     unscored = [getattr(ex, "source", "") or str(i) for i, ex in enumerate(examples) if ex.gold is None]
     if unscored:
         raise ConfigError(f"{len(unscored)} example(s) have no gold answer to score against (first: {unscored[0]}); "
                           f"every answer needs a '#### N' line or a final number")
     prompts = [encode_conversation(tokenizer, ex.question, getattr(ex, "history", ())) for ex in examples]
+    starts = range(0, n, batch_size)
+    done = {s: b for s, b in (resume_from or {}).items() if s in starts}
+    for start, batch in done.items():
+        if len(batch.tokens) != len(prompts[start:start + batch_size]):
+            raise ConfigError(f"a saved batch at row {start} has {len(batch.tokens)} rows, expected "
+                              f"{len(prompts[start:start + batch_size])}")
+    todo = [s for s in starts if s not in done]
 
-    if warmup:  # not timed; a few rows load the code paths and the allocator as well as a whole batch does
+    if warmup and todo:  # not timed; a few rows load the code paths and the allocator as well as a whole batch does
         d3llm.generate(model, prompts[:min(batch_size, WARMUP_ROWS)], method, seed=seed, **params)
-    outputs: list[list[int]] = []
-    nfes: list[int] = []
-    walls: list[float] = []
-    wall = model_time = 0.0
-    bar = _progress(progress, n, f"{method} on {getattr(dataset, 'name', 'dataset')}")
-    for start in range(0, n, batch_size):
-        result = d3llm.generate(model, prompts[start : start + batch_size], method, seed=seed, **params)
-        outputs.extend(result.tokens)
-        nfes.extend(result.nfe.tolist())
-        walls.extend([result.wall_time] * len(result.tokens))
-        wall += result.wall_time
-        model_time += result.model_time
-        if bar is not None:
-            bar.advance(len(result.tokens), tokens=sum(len(t) for t in outputs), nfe=sum(nfes))
-        if on_batch is not None:
-            on_batch(len(result.tokens), int(result.num_tokens.sum()), int(result.nfe.sum()))
-    if bar is not None:
-        bar.close()
+    bar = ProblemBar(n, f"{method} on {getattr(dataset, 'name', 'dataset')}",
+                     done=sum(len(b.tokens) for b in done.values())) if progress is True else (progress or None)
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if bar is not None and done:  # the running TPF includes the batches kept from before (already counted done)
+        bar.advance(0, sum(len(ids) for b in done.values() for ids in b.tokens), sum(sum(b.nfe) for b in done.values()))
+    try:
+        for start in todo:
+            chunk = prompts[start : start + batch_size]
+            watch = step_watcher(bar, len(chunk), mask_id) if bar is not None else None
+            result = d3llm.generate(model, chunk, method, seed=seed, callback=watch, **params)
+            done[start] = batch = Batch(start, [[int(t) for t in ids] for ids in result.tokens], result.nfe.tolist(),
+                                        result.wall_time, result.model_time, result.method, result.params)
+            if save_batch is not None:
+                save_batch(batch)
+            if bar is not None:
+                bar.advance(len(chunk), int(result.num_tokens.sum()), int(result.nfe.sum()))
+    finally:
+        if progress is True:
+            bar.close()
 
+    batches = [done[s] for s in starts]
+    outputs = [ids for b in batches for ids in b.tokens]
+    nfes = [nfe for b in batches for nfe in b.nfe]
+    walls = [b.wall_s for b in batches for _ in b.tokens]
     texts = [tokenizer.decode(t, skip_special_tokens=True) for t in outputs]
     golds = [ex.gold for ex in examples]
     s = score(texts, golds)
@@ -134,30 +225,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
         records.append(Record(i, getattr(ex, "source", ""), len(prompts[i]), len(ids), nfe, w, text, ex.gold,
                               extract_answer(text, "strict"), is_correct(text, gold, "strict"),
                               is_correct(text, gold, "flexible")))
-    return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=result.method, params=result.params, n=n,
+    last = batches[-1]
+    return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=last.method, params=last.params, n=n,
                       strict=s.strict, flexible=s.flexible, tokens=sum(len(t) for t in outputs), nfe=sum(nfes),
-                      wall_s=wall, model_s=model_time, batch_size=batch_size, records=records,
-                      environment=environment(model))
-
-
-class _Bar:
-    """A rich progress bar showing requests, TPF and tokens/s."""
-
-    def __init__(self, total: int, title: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("TPF {task.fields[tpf]}"), TimeRemainingColumn(), transient=False)
-        self.task = self.progress.add_task(title, total=total, tpf="-")
-        self.start = time.perf_counter()
-        self.progress.start()
-
-    def advance(self, k: int, tokens: int, nfe: int) -> None:
-        self.progress.update(self.task, advance=k, tpf=f"{tokens / max(nfe, 1):.2f}")
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def _progress(enabled: bool, total: int, title: str) -> _Bar | None:
-    return _Bar(total, title) if enabled else None
+                      wall_s=sum(b.wall_s for b in batches), model_s=sum(b.model_s for b in batches),
+                      batch_size=batch_size, records=records, environment=environment(model))

@@ -12,7 +12,8 @@ Each point records accuracy (strict exact match by default), TPF (generated toke
 prompts and padding never count), tokens/s, per-request latency p50/p99 (the wall time of the ``generate`` call
 that served the request), NFE and the fully resolved decoder settings. A warm-up decode of a few rows per (model, method) runs
 first and is not measured. Curves are scored by :func:`d3llm.eval.leaderboard` with ``y_max`` the best point
-of the whole sweep; points below a curve's floor are shown but not counted (``below floor``).
+of the whole sweep; points below a curve's floor are shown but not counted (``below floor``). With ``resume``,
+finished points and batches are kept as they come and a rerun continues from them (:mod:`d3llm.eval.partial`).
 
 The configuration file (YAML)::
 
@@ -217,15 +218,46 @@ def _model_labels(folders: Sequence[str]) -> list[str]:
     return labels
 
 
+def sweep_plan(loaded: Sequence[tuple], config: SweepConfig, dataset, n: int) -> dict:
+    """Every setting a sweep's figures depend on, as a resumed sweep compares them: the models
+    (:func:`d3llm.eval.runner.model_identity`), the task and a hash of its questions, the number of problems, and the
+    configuration (batch size, seed, metric, shared decoder settings, curves)."""
+    from d3llm.eval.runner import model_identity, questions_key
+
+    return {**config.to_dict(), "task": getattr(dataset, "name", config.task), "limit": n,
+            "questions": questions_key(dataset),
+            "models": [model_identity(model, folder) for folder, _, model, *_ in loaded]}
+
+
+def _point(label: str, curve, method: str, threshold, result, metric: str) -> dict:
+    """A point of ``sweep.json`` from its :class:`~d3llm.eval.runner.EvalResult`."""
+    latencies = np.array([r.batch_wall_s for r in result.records])
+    return {
+        "model": label, "curve": curve, "method": method, "threshold": threshold, "baseline": curve is None,
+        "accuracy": round(result.strict if metric == "strict" else result.flexible, 4),
+        "strict": round(result.strict, 4), "flexible": round(result.flexible, 4),
+        "tpf": round(result.tpf, 4), "tokens_per_s": round(result.tokens_per_s, 1),
+        "latency_p50_s": round(float(np.percentile(latencies, 50)), 4),
+        "latency_p99_s": round(float(np.percentile(latencies, 99)), 4),
+        "nfe": result.nfe, "tokens": result.tokens, "n": result.n, "wall_s": round(result.wall_s, 3),
+        "model_s": round(result.model_s, 3), "batch_size": result.batch_size, "params": result.params,
+    }
+
+
 def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=None, progress: bool = True,
-              command: str = "", on_load=None) -> dict:
+              command: str = "", on_load=None, resume: str | os.PathLike | None = None) -> dict:
     """Decode every point of ``config`` for every model folder; return the results (see :func:`write_outputs`).
 
     Every model folder, the dataset and every point's parameters are checked before any decoding. ``on_load(model)``
-    is called after each model is loaded (the CLI sets the thread count there).
+    is called after each model is loaded (the CLI sets the thread count there). ``resume``: a partial-results file
+    (:mod:`d3llm.eval.partial`) where every finished batch and point is saved as it comes, and from which a rerun
+    with the same settings continues (the caller removes it once the outputs are written); a Ctrl-C then raises a
+    ``KeyboardInterrupt`` saying what is kept.
     """
     import d3llm
     from d3llm.eval.environment import environment
+    from d3llm.eval.partial import PartialResults
+    from d3llm.eval.progress import ProblemBar
     from d3llm.eval.runner import evaluate
     from d3llm.tasks.data import load_dataset
 
@@ -243,33 +275,35 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
         if on_load is not None:
             on_load(model)
         loaded.append((folder, label, model, d3llm.load_tokenizer(folder), config.settings(model)))
+    partial = None if resume is None else PartialResults.open(resume, sweep_plan(loaded, config, dataset, n),
+                                                              "an unfinished sweep")
 
-    bar = _SweepBar(sum(len(s) for *_, s in loaded) * n) if progress else None
+    total = sum(len(s) for *_, s in loaded) * n
+    bar = ProblemBar(total, "sweep", done=partial.saved_rows() if partial else 0) if progress else None
+    batches_per_point = -(-n // config.batch_size)
     t0 = time.perf_counter()
     points, curves, stamps = [], {}, {}
     try:
-        for folder, label, model, tokenizer, settings in loaded:
+        for m, (folder, label, model, tokenizer, settings) in enumerate(loaded):
             stamps[label] = {"path": str(folder), "environment": environment(model)}
             warmed: set[str] = set()
-            for curve, method, threshold, params in settings:
+            for k, (curve, method, threshold, params) in enumerate(settings):
+                point = f"{m}.{k}"  # the k-th point of the m-th model: stable for a plan
+                if partial is not None and point in partial.points:
+                    points.append(partial.points[point])
+                    continue
                 if bar is not None:
                     bar.describe(f"{label} {curve or method}" + ("" if threshold is None else f" @ {threshold:g}"))
+                saved = partial.batches(point) if partial is not None else {}
                 result = evaluate(model, tokenizer, dataset, method, params, batch_size=config.batch_size, limit=n,
-                                  seed=config.seed, warmup=method not in warmed,
-                                  on_batch=bar.advance if bar is not None else None)
-                warmed.add(method)
-                latencies = np.array([r.batch_wall_s for r in result.records])
-                points.append({
-                    "model": label, "curve": curve, "method": method, "threshold": threshold,
-                    "baseline": curve is None,
-                    "accuracy": round(result.strict if config.metric == "strict" else result.flexible, 4),
-                    "strict": round(result.strict, 4), "flexible": round(result.flexible, 4),
-                    "tpf": round(result.tpf, 4), "tokens_per_s": round(result.tokens_per_s, 1),
-                    "latency_p50_s": round(float(np.percentile(latencies, 50)), 4),
-                    "latency_p99_s": round(float(np.percentile(latencies, 99)), 4),
-                    "nfe": result.nfe, "tokens": result.tokens, "n": result.n, "wall_s": round(result.wall_s, 3),
-                    "model_s": round(result.model_s, 3), "batch_size": result.batch_size, "params": result.params,
-                })
+                                  seed=config.seed, warmup=method not in warmed, progress=bar or False,
+                                  resume_from=saved,
+                                  save_batch=(lambda b, p=point: partial.save_batch(p, b)) if partial else None)
+                if len(saved) < batches_per_point:  # something was decoded, after a warm-up
+                    warmed.add(method)
+                points.append(_point(label, curve, method, threshold, result, config.metric))
+                if partial is not None:
+                    partial.save_point(point, points[-1])
             base = next(i for i, p in enumerate(points) if p["model"] == label and p["baseline"])
             first = points[base]["method"]
             curves[f"{label} {first} (1 token/forward)"] = {"model": label, "method": first, "points": [base]}
@@ -277,6 +311,10 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
                 mine = [i for i, p in enumerate(points) if p["model"] == label and p["curve"] == grid.name]
                 if mine:  # a causal model has no diffusion curves
                     curves[f"{label} {grid.name}"] = {"model": label, "method": grid.method, "points": [base, *mine]}
+    except KeyboardInterrupt:
+        if partial is None:
+            raise
+        raise partial.interrupted(total) from None
     finally:
         if bar is not None:
             bar.close()
@@ -433,27 +471,3 @@ def output_paths(out_dir: str | os.PathLike, *, png: bool = True) -> dict[str, P
     if png:
         paths["png"] = out / "sweep.png"
     return paths
-
-
-class _SweepBar:
-    """One rich progress bar over every request of the sweep, with the current point and its running TPF."""
-
-    def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("TPF {task.fields[tpf]}"), TimeRemainingColumn())
-        self.task = self.progress.add_task("sweep", total=total, tpf="-")
-        self.tokens = self.nfe = 0
-        self.progress.start()
-
-    def describe(self, text: str) -> None:
-        self.tokens = self.nfe = 0
-        self.progress.update(self.task, description=text, tpf="-")
-
-    def advance(self, requests: int, tokens: int, nfe: int) -> None:
-        self.tokens, self.nfe = self.tokens + tokens, self.nfe + nfe
-        self.progress.update(self.task, advance=requests, tpf=f"{self.tokens / max(self.nfe, 1):.2f}")
-
-    def close(self) -> None:
-        self.progress.stop()
