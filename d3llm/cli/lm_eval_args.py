@@ -30,12 +30,13 @@ OPTIONS = {
     "--include_path": ("include_path", 1),
     "--apply_chat_template": ("apply_chat_template", "?"),
     "--no_apply_chat_template": ("no_apply_chat_template", 0),  # d3llm's own: never handed to lm-eval
-    "--batch_size": ("batch_size", "1"), "-b": ("batch_size", 1),
+    "--batch_size": ("batch_size", 1), "-b": ("batch_size", 1),
     "--device": ("device", 1),
     "--config": ("config", 1), "-C": ("config", 1),
 }
 SUBCOMMANDS = ("run", "ls", "validate")
 HARNESS_MODEL = "d3llm"  # the lm-eval model name of d3llm.eval.harness
+EVAL_BATCH_SIZE = 8  # d3llm eval's --batch-size default (lm-eval's is 1)
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Translation:
     argv: list[str]
     changes: list[str] = field(default_factory=list)
     folder: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was translated (the command then prints its note)."""
+        return bool(self.changes)
 
     def note(self) -> str | None:
         """The one-line note of the translated command, or None when nothing was translated."""
@@ -61,7 +67,7 @@ def has_chat_template(folder: str) -> bool:
     return bool(getattr(d3llm.load_tokenizer(folder), "chat_template", None))
 
 
-def translate(argv: list[str], *, lm_eval_models: Collection[str] = (), device: str | None = None,
+def translate(argv: list[str], lm_eval_models: Collection[str] = (), device: str | None = None,
               is_chat: Callable[[str], bool] = has_chat_template) -> Translation:
     """lm-eval's command line for ``d3llm lm-eval argv`` (the rules are in the module docstring).
 
@@ -112,12 +118,12 @@ def _split(argv: list[str]) -> tuple[dict[str, list[list[str]]], list[str]]:
         if eq:
             values = [inline]
         else:
-            take = {0: 0, "?": 1, 1: 1, "1": 1}.get(nargs, len(argv))
+            take = {0: 0, "?": 1, 1: 1}.get(nargs, len(argv))
             values = []
             while len(values) < take and i < len(argv) and not argv[i].startswith("-"):
                 values.append(argv[i])
                 i += 1
-            if nargs in (1, "1", "+") and not values:
+            if nargs in (1, "+") and not values:
                 raise _error(f"{name} needs a value")
         found.setdefault(dest, []).append(values)
     return found, rest
@@ -130,9 +136,9 @@ def _given(found: dict, dest: str) -> list[str]:
 
 
 def _d3llm_tasks() -> dict[str, str]:
-    from d3llm.eval.lm_tasks import D3LLM_TASKS
+    from d3llm.eval.lm_tasks import TASK_FILES
 
-    return D3LLM_TASKS
+    return TASK_FILES
 
 
 def _tasks(found: dict, out: Translation) -> list[str]:
@@ -218,8 +224,6 @@ def _model(found: dict, out: Translation, lm_eval_models: Collection[str]) -> No
 
 def _d3llm_model_defaults(found: dict, out: Translation, device: str | None, is_chat) -> None:
     """A d3llm model's prompts, batch size and device as ``d3llm eval``'s, unless the user gave their own."""
-    from d3llm.cli.options import EVAL_BATCH_SIZE
-
     if "apply_chat_template" in found:
         out.argv += _given(found, "apply_chat_template")
     elif "no_apply_chat_template" not in found and is_chat(out.folder):
