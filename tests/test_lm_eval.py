@@ -162,8 +162,38 @@ def test_monte_carlo_estimate_is_exact_for_one_token_and_repeats():
     first = lm.monte_carlo_loglikelihood(context, longer)
     assert lm.monte_carlo_loglikelihood(context, longer) == first  # seeded by the context: reruns agree
     assert first < 0
-    with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
-        lm.loglikelihood_rolling([])
+
+
+def test_loglikelihood_rolling_is_the_monte_carlo_estimate_over_windows():
+    """Perplexity tasks: the estimator of `loglikelihood` over the whole text (empty context for LLaDA), in
+    windows that fit the model and score every token once."""
+    from types import SimpleNamespace
+
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    lm = D3LLMHarnessModel(mc_num=4, mc_batch_size=4)
+    text = load_dataset("arith:test")[0].answer
+    ids = lm.tok_encode(text)
+    assert lm.rolling_windows(ids) == [([], ids)]  # a short text: one window, no context
+    [ll] = lm.loglikelihood_rolling([SimpleNamespace(args=(text,))], disable_tqdm=True)
+    assert ll == lm.monte_carlo_loglikelihood([], ids) and ll < 0
+    # one token and no context: every sample masks it, so the estimate is its exact log-probability
+    x = torch.tensor([[lm.model.config.mask_token_id]])
+    with torch.inference_mode():
+        exact = torch.log_softmax(lm.model(x).logits[0, 0].float(), -1)[ids[0]].item()
+    assert lm.monte_carlo_loglikelihood([], ids[:1]) == pytest.approx(exact, abs=1e-4)  # a batch of 4 vs of 1
+    # a text longer than the model: targets split it in order, each window fits, later ones see the tokens before
+    long = (ids * (2 * lm.max_length // len(ids) + 1))[: lm.max_length + lm.max_length // 2 + 7]
+    windows = lm.rolling_windows(long)
+    assert [t for _, target in windows for t in target] == long and len(windows) == 3
+    start = 0
+    for context, target in windows:
+        assert len(context) + len(target) <= lm.max_length
+        assert context == long[max(start - len(context), 0) : start]
+        start += len(target)
+    assert [len(c) for c, _ in windows] == [0, lm.max_length // 2, lm.max_length - 7]
+    rolled = lm.loglikelihood_rolling([SimpleNamespace(args=(lm.tokenizer.decode(long),))], disable_tqdm=True)
+    assert rolled[0] < ll
 
 
 def test_bad_model_args_are_clear():

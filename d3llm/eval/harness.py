@@ -40,7 +40,13 @@ the arguments unchanged) or from Python::
   and a rerun gives the same numbers. Dream's shifted logits are handled inside the model (position i scores
   token i for both families). ``is_greedy`` (when ``check_greedy``) decodes the continuation one token per forward
   with ``vanilla`` and compares.
-* ``loglikelihood_rolling`` raises :class:`NotImplementedError`.
+* ``loglikelihood_rolling`` (perplexity tasks): the same estimator over the whole text, in windows that fit the
+  model (:meth:`D3LLMHarnessModel.rolling_windows`): the first window scores up to ``max_length`` tokens with an
+  empty context (LLaDA, whose position i scores token i everywhere; the shifted families, Dream and the causal
+  baseline, condition the first token on ``prefix_token_id``, as lm-eval's HF model does), each later one scores
+  the next ``max_length // 2`` tokens given the ``max_length // 2`` tokens before them. The sum is an estimate of
+  ``log p(text)`` that is a lower bound in expectation (the ELBO: word and byte perplexities are upper bounds, as
+  the masked-diffusion literature reports them), and it is seeded like ``loglikelihood``.
 """
 
 from __future__ import annotations
@@ -258,10 +264,32 @@ class D3LLMHarnessModel(TemplateLM):
                                 temperature=0.0)
         return result.generated[0].tolist() == list(target_ids)
 
+    def rolling_windows(self, ids: list[int]) -> list[tuple[list[int], list[int]]]:
+        """``(context, target)`` pairs whose targets split ``ids`` in order, each pair at most ``max_length`` tokens
+        long (see the module docstring)."""
+        length = self.max_length
+        lead = [] if self.model.family == "llada" else [self.prefix_token_id]  # the shifted families score token
+        first = length - len(lead)                                            # i at position i - 1
+        windows = [(lead, ids[:first])]
+        stride = length // 2
+        for start in range(first, len(ids), stride):
+            target = ids[start : start + stride]
+            windows.append((ids[max(start + len(target) - length, 0) : start], target))
+        return windows
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        raise NotImplementedError(
-            "d3llm: loglikelihood_rolling (perplexity tasks) is not supported; masked diffusion models have no "
-            "exact left-to-right likelihood, and the Monte-Carlo bound of `loglikelihood` needs a context")
+        out = []
+        bar = _Bar(len(requests), "d3llm loglikelihood_rolling", disable_tqdm)
+        for (text,) in (req.args for req in requests):
+            ids = self.tok_encode(text)
+            if not ids:
+                raise ConfigError(f"loglikelihood_rolling: the text {text[:40]!r} encodes to no tokens")
+            ll = sum(self.monte_carlo_loglikelihood(context, target) for context, target in self.rolling_windows(ids))
+            out.append(ll)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), ll)
+            bar.advance(1, None)
+        bar.close()
+        return out
 
 
 def _positive_int(value, name: str) -> int:
