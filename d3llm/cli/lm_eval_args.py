@@ -5,7 +5,8 @@
   every other lm-eval model name are lm-eval's, as before. No ``--model`` (and no ``--config``): the shipped teacher,
   as in every d3llm command.
 * ``--tasks arith`` (an alias, :data:`d3llm.eval.lm_tasks.TASK_ALIASES`) becomes ``d3llm_arith``, and naming any
-  d3llm task adds ``--include_path`` d3llm's task folder (``lm-eval ls`` gets it too).
+  d3llm task adds ``--include_path`` d3llm's task folder (``lm-eval ls`` gets it too); next to a user's own
+  ``--include_path`` (lm-eval takes one folder) a d3llm task is named by its YAML file instead.
 * For a d3llm model: ``--apply_chat_template`` when its tokenizer has a chat template (as ``d3llm eval`` builds its
   prompts; ``--no_apply_chat_template``, d3llm's own flag, keeps the raw prompt), ``--batch_size`` of ``d3llm eval``
   (lm-eval's default is 1) and ``--device cpu`` on a machine without CUDA (lm-eval's default is ``cuda:0``) unless
@@ -22,6 +23,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d3llm.cli.options import EVAL_BATCH_SIZE
+
 # lm-eval run's options that the translation reads: option strings -> (destination, number of values)
 OPTIONS = {
     "--model": ("model", 1), "-M": ("model", 1),
@@ -36,7 +39,6 @@ OPTIONS = {
 }
 SUBCOMMANDS = ("run", "ls", "validate")
 HARNESS_MODEL = "d3llm"  # the lm-eval model name of d3llm.eval.harness
-EVAL_BATCH_SIZE = 8  # d3llm eval's --batch-size default (lm-eval's is 1)
 
 
 @dataclass
@@ -76,19 +78,19 @@ def translate(argv: list[str], lm_eval_models: Collection[str] = (), device: str
     lm-eval's default); ``is_chat(folder)``: whether a d3llm model folder is a chat model.
     """
     argv = list(argv)
-    command = argv.pop(0) if argv[:1] and argv[0] in SUBCOMMANDS else "run"
-    if command == "validate" or not argv and command == "run" or argv[:1] in (["-h"], ["--help"]):
-        return Translation([command, *argv] if command != "run" or argv else argv)
+    if not argv or argv[0] in ("-h", "--help", "validate"):  # lm-eval's own help, and its checks of task files
+        return Translation(argv)
+    command = argv.pop(0) if argv[0] in SUBCOMMANDS else "run"
+    if argv[:1] in (["-h"], ["--help"]):
+        return Translation([command, *argv])
     found, rest = _split(argv)
     out = Translation([command])
-    tasks = _tasks(found, out)
     if command == "ls":
-        _include_path(found, out, needed=True)
+        _tasks(found, out, listing=True)
         out.argv += rest
         return out
     _model(found, out, lm_eval_models)
-    out.argv += ["--tasks", ",".join(tasks)] if tasks else []
-    _include_path(found, out, needed=any(t in _d3llm_tasks() for t in tasks))
+    _tasks(found, out, listing=False)
     if out.folder is not None:
         _d3llm_model_defaults(found, out, device, is_chat)
     else:
@@ -135,34 +137,27 @@ def _given(found: dict, dest: str) -> list[str]:
     return [arg for values in found.get(dest, []) for arg in (flag, *values)]
 
 
-def _d3llm_tasks() -> dict[str, str]:
-    from d3llm.eval.lm_tasks import TASK_FILES
-
-    return TASK_FILES
-
-
-def _tasks(found: dict, out: Translation) -> list[str]:
-    """The task names, aliases replaced by d3llm's task names."""
-    from d3llm.eval.lm_tasks import TASK_ALIASES
+def _tasks(found: dict, out: Translation, listing: bool) -> None:
+    """``--tasks`` (aliases replaced by d3llm's task names) and ``--include_path``: d3llm's task folder when a d3llm
+    task is named (or tasks are listed); beside a user's own folder (lm-eval takes one), a d3llm task is named by
+    its YAML file instead."""
+    from d3llm.eval.lm_tasks import TASK_ALIASES, TASK_FILES, TASKS_DIR
 
     names = [t for values in found.get("tasks", []) for value in values for t in value.split(",") if t]
     for alias in dict.fromkeys(n for n in names if n in TASK_ALIASES):
         out.changes.append(f"task {alias} is {TASK_ALIASES[alias]}")
-    return [TASK_ALIASES.get(n, n) for n in names]
-
-
-def _include_path(found: dict, out: Translation, needed: bool) -> None:
-    from d3llm.eval.lm_tasks import TASKS_DIR
-
+    tasks = [TASK_ALIASES.get(n, n) for n in names]
     given = [values[0] for values in found.get("include_path", [])]
-    if given or not needed:
-        if needed and any(Path(p).resolve() != TASKS_DIR for p in given):
-            raise _error(f"lm-eval takes one --include_path, and d3llm's tasks ({', '.join(_d3llm_tasks())}) are in "
-                         f"{TASKS_DIR}: run them and the tasks of {given[-1]} in separate commands")
-        out.argv += _given(found, "include_path")
-        return
-    out.argv += ["--include_path", str(TASKS_DIR)]
-    out.changes.append("d3llm's tasks included")
+    include = given[-1] if given else None
+    if include is not None and Path(include).resolve() != TASKS_DIR:
+        files = {t: str(TASK_FILES[t]) for t in tasks if t in TASK_FILES}
+        tasks = [files.get(t, t) for t in tasks]
+        if files:
+            out.changes.append(f"{', '.join(files)} given as YAML file beside --include_path {include}")
+    elif include is None and (listing or any(t in TASK_FILES for t in tasks)):
+        include = str(TASKS_DIR)
+        out.changes.append("d3llm's tasks included")
+    out.argv += (["--tasks", ",".join(tasks)] if tasks else []) + (["--include_path", include] if include else [])
 
 
 def _model_args(found: dict) -> dict:
