@@ -77,9 +77,13 @@ class ChatSession:
         self.set_method(method, params)
 
     def set_method(self, method: str | None, params: dict) -> None:
+        """Decode with ``method`` from now on; one untimed decode first, so that the next reply's tokens/s does not
+        pay the first forward's set-up cost (as ``d3llm serve`` warms up)."""
         import d3llm
+        from d3llm.cli.serve import warm_up
 
         self.engine = d3llm.Engine(self.model, method, **params)
+        warm_up(self.engine, d3llm.encode_prompt(self.tokenizer, ""))
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.engine.params.as_dict().items() if v is not None)
