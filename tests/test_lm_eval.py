@@ -164,6 +164,20 @@ def test_monte_carlo_estimate_is_exact_for_one_token_and_repeats():
     assert first < 0
 
 
+def test_the_model_sets_torch_threads_as_every_d3llm_command():
+    from d3llm.eval.harness import D3LLMHarnessModel
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        D3LLMHarnessModel()
+        assert torch.get_num_threads() == 1  # a small model: one thread (d3llm.cli.options.apply_threads)
+        D3LLMHarnessModel(threads="2")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_loglikelihood_rolling_is_the_monte_carlo_estimate_over_windows():
     """Perplexity tasks: the estimator of `loglikelihood` over the whole text (empty context for LLaDA), in
     windows that fit the model and score every token once."""

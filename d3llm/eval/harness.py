@@ -15,7 +15,8 @@ the arguments unchanged) or from Python::
 
 ``model_args``: ``pretrained`` (model folder, default the shipped teacher), ``method`` (a decoder of
 ``d3llm.generate``; default the folder's), ``device``,
-``dtype``, ``batch_size``, every decoder parameter (``threshold``, ``block_size``, ``max_new_tokens``, ``steps``,
+``dtype``, ``batch_size``, ``threads`` (torch's CPU threads; default as every d3llm command: one for a model
+under 50M parameters, else torch's), every decoder parameter (``threshold``, ``block_size``, ``max_new_tokens``, ``steps``,
 ``cache``, ...), and for log-likelihoods ``mc_num`` (128), ``mc_batch_size`` (32), ``seed`` (1234),
 ``check_greedy`` (true).
 
@@ -75,7 +76,7 @@ class D3LLMHarnessModel(TemplateLM):
     def __init__(self, pretrained: str | None = None, method: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str | None = 8, max_batch_size: int | None = None,
                  mc_num: int = 128, mc_batch_size: int = 32, seed: int = 1234, check_greedy: bool = True,
-                 **decoder_params) -> None:
+                 threads: int | str | None = None, **decoder_params) -> None:
         super().__init__()
         if pretrained is None:
             from d3llm.assets import default_model_path
@@ -87,6 +88,12 @@ class D3LLMHarnessModel(TemplateLM):
             warnings.warn(f"d3llm: device {device!r} requested but CUDA is not available; using the CPU")
             device = "cpu"
         self.model = d3llm.load_model(pretrained, device=device, dtype=dtype)
+        from d3llm.cli.options import apply_threads
+
+        # torch's CPU threads as every d3llm command sets them (one for a small model: with torch's default, one
+        # per core, `d3llm lm-eval --model teacher --tasks arith --limit 200` decoded 72 tokens/s instead of 1,100
+        # on our 2-core machine while other jobs ran)
+        apply_threads(None if threads is None else _positive_int(threads, "threads"), self.model)
         self.tokenizer = d3llm.load_tokenizer(pretrained)
         self.pretrained = str(pretrained)
         self.method = method
