@@ -263,9 +263,9 @@ def test_a_shipped_name_and_the_task_alias_become_lm_evals_arguments():
                       "method=vanilla,steps=48", "--tasks", "d3llm_arith,gsm8k", "--include_path", str(TASKS_DIR),
                       "--apply_chat_template", "--batch_size", "2", "--device", "cuda:1"]
     # no --model: the shipped teacher, as in every d3llm command; a model without a chat template gets raw prompts
-    t = _translate(["--tasks", "d3llm_arith", "--no_apply_chat_template", "--threads", "2"])
-    assert t.folder == str(TEACHER) and "--apply_chat_template" not in t.argv and t.threads == 2
-    assert "--no_apply_chat_template" not in t.argv and "--threads" not in t.argv  # d3llm's own flags stay here
+    t = _translate(["--tasks", "d3llm_arith", "--no_apply_chat_template"])
+    assert t.folder == str(TEACHER) and "--apply_chat_template" not in t.argv
+    assert "--no_apply_chat_template" not in t.argv  # d3llm's own flag never reaches lm-eval
     assert "--apply_chat_template" not in _translate(["--model", "teacher", "--tasks", "arith"],
                                                      is_chat=lambda folder: False).argv
 
@@ -297,7 +297,6 @@ def test_lm_evals_own_models_and_tasks_pass_unchanged():
     (["--model", "teacher", "--model_args", "pretrained=/x", "--tasks", "arith"], "give one"),
     (["--model", "hf", "--no_apply_chat_template", "--tasks", "arith"], "--no_apply_chat_template is for d3llm's"),
     (["--model", "teacher", "--tasks"], "--tasks needs a value"),
-    (["--tasks", "arith", "--threads", "0"], "--threads must be a positive number of threads, got '0'"),
 ])
 def test_bad_short_forms_are_one_line_errors(argv, words):
     from d3llm.errors import ConfigError

@@ -10,8 +10,7 @@
 * For a d3llm model: ``--apply_chat_template`` when its tokenizer has a chat template (as ``d3llm eval`` builds its
   prompts; ``--no_apply_chat_template``, d3llm's own flag, keeps the raw prompt), ``--batch_size`` of ``d3llm eval``
   (lm-eval's default is 1) and ``--device cpu`` on a machine without CUDA (lm-eval's default is ``cuda:0``) unless
-  given. ``--threads N`` is d3llm's too (torch's CPU threads; by default one for a small d3llm model, as in every
-  decoding command).
+  given.
 
 :func:`translate` is pure (no lm-eval run, no model loaded), so the rules are tested on their own.
 """
@@ -33,8 +32,7 @@ OPTIONS = {
     "--tasks": ("tasks", "+"), "-t": ("tasks", "+"),
     "--include_path": ("include_path", 1),
     "--apply_chat_template": ("apply_chat_template", "?"),
-    "--no_apply_chat_template": ("no_apply_chat_template", 0),  # d3llm's own two: never handed to lm-eval
-    "--threads": ("threads", 1),
+    "--no_apply_chat_template": ("no_apply_chat_template", 0),  # d3llm's own: never handed to lm-eval
     "--batch_size": ("batch_size", 1), "-b": ("batch_size", 1),
     "--device": ("device", 1),
     "--config": ("config", 1), "-C": ("config", 1),
@@ -45,13 +43,12 @@ HARNESS_MODEL = "d3llm"  # the lm-eval model name of d3llm.eval.harness
 
 @dataclass
 class Translation:
-    """lm-eval's arguments (``argv``, subcommand first), the changes made (one phrase each), the d3llm model
-    folder (None when the model is not d3llm's) and d3llm's own ``--threads``."""
+    """lm-eval's arguments (``argv``, subcommand first), the changes made (one phrase each) and the d3llm model
+    folder (None when the model is not d3llm's)."""
 
     argv: list[str]
     changes: list[str] = field(default_factory=list)
     folder: str | None = None
-    threads: int | None = None  # d3llm's --threads (None: the decoding commands' default for the model's size)
 
     @property
     def changed(self) -> bool:
@@ -87,7 +84,7 @@ def translate(argv: list[str], lm_eval_models: Collection[str] = (), device: str
     if argv[:1] in (["-h"], ["--help"]):
         return Translation([command, *argv])
     found, rest = _split(argv)
-    out = Translation([command], threads=_threads(found))
+    out = Translation([command])
     if command == "ls":
         _tasks(found, out, listing=True)
         out.argv += rest
@@ -132,15 +129,6 @@ def _split(argv: list[str]) -> tuple[dict[str, list[list[str]]], list[str]]:
                 raise _error(f"{name} needs a value")
         found.setdefault(dest, []).append(values)
     return found, rest
-
-
-def _threads(found: dict) -> int | None:
-    values = [values[0] for values in found.get("threads", [])]
-    if not values:
-        return None
-    if not values[-1].isdigit() or int(values[-1]) <= 0:
-        raise _error(f"--threads must be a positive number of threads, got {values[-1]!r}")
-    return int(values[-1])
 
 
 def _given(found: dict, dest: str) -> list[str]:

@@ -12,8 +12,7 @@ forms (:mod:`d3llm.cli.lm_eval_args`; a one-line note shows the translated comma
 ``--model NAME|DIR`` (a shipped model or a model folder; none: the shipped teacher) means ``--model d3llm
 --model_args pretrained=FOLDER``, and a d3llm model gets ``d3llm eval``'s defaults unless given: the chat template
 for a chat model (``--no_apply_chat_template`` keeps raw prompts), ``--batch_size 8``, ``--device cpu`` without
-CUDA, one torch thread for a small model (``--threads N``, d3llm's own flag, as in every decoding command).
-``--tasks arith`` means the shipped ``d3llm_arith`` (``--include_path`` added). lm-eval's own model names
+CUDA. ``--tasks arith`` means the shipped ``d3llm_arith`` (``--include_path`` added). lm-eval's own model names
 (``d3llm``, ``hf``, ...) and every other argument pass unchanged.
 
 After lm-eval's table it prints the TPF, NFE and tokens/s of the run's generate_until requests. Needs
@@ -25,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from d3llm.cli.options import add_parser, apply_threads
+from d3llm.cli.options import add_parser
 
 
 TRANSLATION_HELP = __doc__.split("\n\n")[3].replace("``", "")  # the paragraph on d3llm's short forms
@@ -59,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     argv = translation.argv
     if translation.changed:
         print(translation.note(), file=sys.stderr, flush=True)
-    apply_threads(translation.threads, parameters=_parameters(translation.folder))
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
     try:
@@ -79,12 +77,3 @@ def run(args: argparse.Namespace) -> int:
                   f"NFE {s['nfe']}, TPF {s['tpf']:.2f}, {s['tokens_per_s']:.1f} tokens/s "
                   f"(decoding wall time {s['wall_s']:.2f} s, warm-up excluded)")
     return 0
-
-
-def _parameters(folder: str | None) -> int | None:
-    """The parameter count of a d3llm model folder, from its config (the model is loaded later, by lm-eval)."""
-    if folder is None:
-        return None
-    from d3llm.models.checkpoint import count_parameters, load_config
-
-    return count_parameters(load_config(folder))

@@ -104,18 +104,15 @@ def add_threads_flag(parser) -> None:
 SMALL_MODEL = 50_000_000
 
 
-def apply_threads(threads: int | None, model=None, parameters: int | None = None) -> int:
-    """Set torch's CPU thread count from ``--threads`` (see :func:`add_threads_flag`) and the size of the model (or
-    its ``parameters``, for a model not loaded yet); returns it."""
+def apply_threads(threads: int | None, model=None) -> int:
+    """Set torch's CPU thread count from ``--threads`` (see :func:`add_threads_flag`); returns it."""
     import torch
 
     from d3llm.errors import ConfigError
 
     if threads is not None and threads <= 0:
         raise ConfigError(f"--threads must be a positive number of threads, got {threads}")
-    if parameters is None and model is not None:
-        parameters = model.num_parameters()
-    if threads is None and parameters is not None and parameters < SMALL_MODEL:
+    if threads is None and model is not None and model.num_parameters() < SMALL_MODEL:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
