@@ -1,5 +1,5 @@
-"""``d3llm chat`` under a pseudo-terminal: a question, the live canvas, the reply, later turns of the conversation,
-the commands, /quit."""
+"""``d3llm chat`` under a pseudo-terminal: a question, the key of the glyphs, the live canvas, the reply and its
+figures (NFE, tokens, TPF, tokens/s), later turns of the conversation, the commands, /quit."""
 
 import os
 import pty
@@ -11,8 +11,10 @@ import time
 
 import d3llm
 from d3llm.assets import default_model_path
+from d3llm.cli.display import legend
 from d3llm.tasks import load_dataset
 
+STATS = re.compile(r"^\[(\w+)\] NFE (\d+)  tokens (\d+)  TPF ([\d.]+)  ([\d.]+) tokens/s$", re.M)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
@@ -68,7 +70,8 @@ def test_chat_in_a_terminal():
     folder = default_model_path()
     model, tokenizer = d3llm.load_model(folder), d3llm.load_tokenizer(folder)
     question = load_dataset("arith:test")[6].question
-    expected = d3llm.generate(model, [d3llm.encode_prompt(tokenizer, question)]).texts(tokenizer)[0]
+    result = d3llm.generate(model, [d3llm.encode_prompt(tokenizer, question)])
+    expected = result.texts(tokenizer)[0]
     term = Terminal([sys.executable, "-m", "d3llm.cli.main", "chat"])
     try:
         banner = term.expect(r"you> ")
@@ -77,11 +80,18 @@ def test_chat_in_a_terminal():
         reply = term.expect(r"(?s)bot> .*?\nyou> ")
         assert "░" in reply  # the canvas was drawn while masked positions were left
         assert f"bot> {expected}\n" in reply
+        # the key of the glyphs, before the first canvas
+        assert reply.index(legend(live=True)) < reply.index("bot> ")
+        # the reply's figures: the same forwards and tokens as d3llm.generate, TPF = tokens / NFE
+        method, nfe, tokens, tpf, speed = STATS.search(reply.split(f"bot> {expected}\n", 1)[1]).groups()
+        assert method == "multi_block" and int(nfe) == int(result.nfe[0]) and int(tokens) == len(result.tokens[0])
+        assert f"{int(tokens) / int(nfe):.2f}" == tpf and float(speed) > 0
         # a second and a third question of the same conversation (the chat history in the prompt) are answered too
         for later in (load_dataset("arith:test")[7], load_dataset("arith:test")[8]):
             term.send(later.question)
             answer = term.expect(r"(?s)bot> .*?\nyou> ")
             assert f"#### {later.gold}\n" in answer.rsplit("bot> ", 1)[1]
+            assert STATS.search(answer.rsplit("bot> ", 1)[1])  # every reply has its figures
         term.send("/method vanilla")
         assert "decoder: vanilla" in term.expect(r"you> ")
         term.send("/reset")
@@ -90,6 +100,7 @@ def test_chat_in_a_terminal():
         assert "unknown command /nonsense" in term.expect(r"you> ")
         term.send("/quit")
         assert term.close() == 0
+        assert term.text.count(legend(live=True)) == 1  # the key once, however many replies drew the canvas
     finally:
         if term.process.poll() is None:
             term.process.kill()

@@ -6,6 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import d3llm
+from d3llm.cli.display import legend
 from d3llm.cli.main import main
 from decoding_models import EOS, MASK, SEP
 
@@ -51,6 +52,8 @@ def test_show_steps_draws_every_step(folder, capsys):
     frames = [line for line in out if line.startswith("step ")]
     record = json.loads(out[-1])
     assert code == 0 and len(frames) == record["nfe"][0] == 16
+    assert out[0] == legend(live=False) and out.count(out[0]) == 1  # the key of the glyphs, once, first
+    assert "░ masked" in out[0] and "| between blocks" in out[0] and "· end of text" in out[0]
     masks = [line.count("░") for line in frames]
     assert masks == list(range(15, -1, -1))  # one position filled per step
     assert all(" | " in line for line in frames)  # block separator

@@ -4,7 +4,9 @@
     d3llm chat --model DIR --method fast_dllm --threshold 0.9
 
 While a reply decodes, the canvas fills in live: committed text plain, tokens committed in the last step
-highlighted, still-masked positions as ░, | between blocks. Commands: /reset forgets the conversation, /method
+highlighted, still-masked positions as ░, | between blocks (a one-line key is printed before the first canvas).
+After each reply one line gives its forwards (NFE), tokens, tokens per forward (TPF, the point of a parallel
+decoder) and tokens/s (decoding time only, the drawing of the canvas excluded). Commands: /reset forgets the conversation, /method
 shows the decoder and /method NAME switches to another (the folder's defaults for it), /quit (or Ctrl-D) leaves.
 The chat drives the same step-wise engine as d3llm serve, one request per reply.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import dataclass
 
 from d3llm.cli.options import (METHODS, add_decoder_flags, add_model_flags, add_parser, apply_threads,
                                decoder_params, model_folder)
@@ -25,6 +29,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p)
     add_decoder_flags(p)
     p.set_defaults(func=run)
+
+
+@dataclass
+class Reply:
+    """One decoded reply: its text, the turns dropped from the conversation's start to make room, and its figures
+    (``tokens`` before end-of-text, forwards, seconds spent in the engine's steps)."""
+
+    text: str
+    dropped: int
+    method: str
+    tokens: int
+    nfe: int
+    wall_s: float
+
+    @property
+    def tpf(self) -> float:
+        return self.tokens / self.nfe if self.nfe else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def stats(self) -> str:
+        """The line printed after the reply (the figures of ``d3llm generate``'s last line)."""
+        return (f"[{self.method}] NFE {self.nfe}  tokens {self.tokens}  TPF {self.tpf:.2f}  "
+                f"{self.tokens_per_s:.1f} tokens/s")
 
 
 class ChatSession:
@@ -47,9 +77,13 @@ class ChatSession:
         self.set_method(method, params)
 
     def set_method(self, method: str | None, params: dict) -> None:
+        """Decode with ``method`` from now on; one untimed decode first, so that the next reply's tokens/s does not
+        pay the first forward's set-up cost (as ``d3llm serve`` warms up)."""
         import d3llm
+        from d3llm.cli.serve import warm_up
 
         self.engine = d3llm.Engine(self.model, method, **params)
+        warm_up(self.engine, d3llm.encode_prompt(self.tokenizer, ""))
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.engine.params.as_dict().items() if v is not None)
@@ -75,9 +109,9 @@ class ChatSession:
             history = history[2:]
             dropped += 1
 
-    def reply(self, question: str, view=None) -> tuple[str, int]:
+    def reply(self, question: str, view=None) -> Reply:
         """Decode the answer to ``question`` (calling ``view`` with a StepEvent after every step); it joins the
-        conversation. Returns the text and the turns dropped from the start of the conversation."""
+        conversation."""
         ids, dropped = self.prompt(question)
         if dropped:
             self.messages = self.messages[2 * dropped:]
@@ -86,8 +120,12 @@ class ChatSession:
         engine = self.engine
         engine.add_request(ids, request_id=rid, seed=self.seed)
         output = None
+        wall = 0.0
         while output is None:
-            for event in engine.step():
+            start = time.perf_counter()
+            events = engine.step()
+            wall += time.perf_counter() - start  # the engine's time only: drawing the canvas is not decoding
+            for event in events:
                 if event.request_id != rid:
                     continue
                 if event.finished:
@@ -96,7 +134,7 @@ class ChatSession:
                     view(row_event(engine, event))
         text = self.tokenizer.decode(output.tokens, skip_special_tokens=True).strip()
         self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
-        return text, dropped
+        return Reply(text, dropped, engine.method_name, len(output.tokens), output.nfe, wall)
 
     def reset(self) -> None:
         self.messages = []
@@ -128,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads, model)
     tokenizer = d3llm.load_tokenizer(folder)
     session = ChatSession(model, tokenizer, args.method, decoder_params(args), seed=args.seed)
-    live = sys.stdout.isatty()
+    # one view for the whole chat, so that its key of the glyphs is printed once, before the first canvas
+    view = CanvasView(tokenizer, model.mask_token_id, session.engine.eos_id, live=True, transient=True,
+                      label="bot> ") if sys.stdout.isatty() else None
     print(f"d3llm chat: {folder}\ndecoder: {session.describe()}\n{HELP}", flush=True)
     while True:
         try:
@@ -160,16 +200,14 @@ def run(args: argparse.Namespace) -> int:
         if line.startswith("/"):
             print(f"unknown command {line.split()[0]}; {HELP}", flush=True)
             continue
-        view = CanvasView(tokenizer, model.mask_token_id, session.engine.eos_id, live=True, transient=True,
-                          label="bot> ") if live else None
         try:
-            text, dropped = session.reply(line, view)
+            reply = session.reply(line, view)
         except D3LLMError as exc:
             print(f"error: {exc}", flush=True)
             continue
         finally:
             if view is not None:
                 view.close()
-        if dropped:
-            print(f"(the conversation was too long: dropped its {dropped} oldest turn(s))")
-        print(f"bot> {text}", flush=True)
+        if reply.dropped:
+            print(f"(the conversation was too long: dropped its {reply.dropped} oldest turn(s))")
+        print(f"bot> {reply.text}\n{reply.stats()}", flush=True)

@@ -2,7 +2,8 @@
 
 A :class:`CanvasView` is a ``generate`` callback. In a terminal it redraws one live panel per step with ``rich``;
 otherwise (pipes, logs, tests) it prints one plain frame per step. Masked positions show as ``░``, tokens committed
-in the current step are highlighted, ``|`` separates blocks and end-of-text shows as ``·``.
+in the current step are highlighted (in a terminal), ``|`` separates blocks and end-of-text shows as ``·``; before
+its first frame the view prints this key once (:func:`legend`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import sys
 
 from d3llm.decoding.result import StepEvent
 
-MASK_GLYPH, EOS_GLYPH = "░", "·"
+MASK_GLYPH, EOS_GLYPH, BLOCK_GLYPH, NEWLINE_GLYPH, EMPTY_GLYPH = "░", "·", "|", "⏎", "∅"
+NEW_STYLE = "bold green"  # tokens committed in the step just drawn (live view only)
+
+
+def legend(live: bool) -> str:
+    """The one-line key of the canvas glyphs (the live view also highlights the tokens of the latest step)."""
+    new = f"{NEW_STYLE}: committed in this step, " if live else ""
+    return (f"canvas: {MASK_GLYPH} masked, {new}{BLOCK_GLYPH} between blocks, {EOS_GLYPH} end of text, "
+            f"{NEWLINE_GLYPH} line break, {EMPTY_GLYPH} a token without text")
 
 
 class CanvasView:
@@ -28,11 +37,12 @@ class CanvasView:
         self.live = self.stream.isatty() if live is None else live
         self._pieces: dict[int, str] = {}
         self._live = None
+        self._legend_shown = False
 
     def _piece(self, token: int) -> str:
         if token not in self._pieces:
             text = self.tokenizer.decode([token], skip_special_tokens=False)
-            self._pieces[token] = text.replace("\n", "⏎") or "∅"
+            self._pieces[token] = text.replace("\n", NEWLINE_GLYPH) or EMPTY_GLYPH
         return self._pieces[token]
 
     def frame(self, event: StepEvent, row: int) -> list[tuple[str, str]]:
@@ -42,7 +52,7 @@ class CanvasView:
         out: list[tuple[str, str]] = []
         for i, (token, fresh) in enumerate(zip(gen, new)):
             if event.block_size and i and i % event.block_size == 0:
-                out.append((" | ", "sep"))
+                out.append((f" {BLOCK_GLYPH} ", "sep"))
             if token == self.mask_id:
                 out.append((MASK_GLYPH, "mask"))
             elif token == self.eos_id:
@@ -52,6 +62,9 @@ class CanvasView:
         return out
 
     def __call__(self, event: StepEvent) -> None:
+        if not self._legend_shown:  # once per view, before its first frame (a chat keeps one view for every reply)
+            print(legend(self.live), file=self.stream, flush=True)
+            self._legend_shown = True
         if not self.live:
             for i, row in enumerate(event.rows):
                 text = "".join(piece for piece, _ in self.frame(event, i))
@@ -61,7 +74,7 @@ class CanvasView:
         from rich.live import Live
         from rich.text import Text
 
-        styles = {"new": "bold green", "mask": "dim", "sep": "blue", "eos": "dim", "": ""}
+        styles = {"new": NEW_STYLE, "mask": "dim", "sep": "blue", "eos": "dim", "": ""}
         lines = []
         for i, row in enumerate(event.rows):
             line = Text(self.label.format(step=event.step, row=row))

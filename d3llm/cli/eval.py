@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from d3llm.cli.options import (add_decoder_flags, add_model_flags, add_parser, apply_threads, decoder_params,
-                               model_folder, output_file)
+from d3llm.cli.options import (EVAL_BATCH_SIZE, add_decoder_flags, add_model_flags, add_parser, apply_threads,
+                               decoder_params, model_folder, output_file)
 
 POINT = "eval"  # the one point of an evaluation in its partial-results file
 
@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="built-in task: ask each question as the last of a conversation of N questions (the earlier "
                         "ones answered in the chat history; the same last questions as one turn)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                   help=f"prompts decoded together (default: {EVAL_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="also write summary, per-request records and environment to this JSON file (finished "

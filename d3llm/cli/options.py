@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
+EVAL_BATCH_SIZE = 8  # prompts decoded together by d3llm eval (and by d3llm lm-eval's d3llm model; lm-eval's is 1)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
 

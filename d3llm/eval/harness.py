@@ -15,7 +15,8 @@ the arguments unchanged) or from Python::
 
 ``model_args``: ``pretrained`` (model folder, default the shipped teacher), ``method`` (a decoder of
 ``d3llm.generate``; default the folder's), ``device``,
-``dtype``, ``batch_size``, every decoder parameter (``threshold``, ``block_size``, ``max_new_tokens``, ``steps``,
+``dtype``, ``batch_size``, ``threads`` (torch's CPU threads; default as every d3llm command: one for a model
+under 50M parameters, else torch's), every decoder parameter (``threshold``, ``block_size``, ``max_new_tokens``, ``steps``,
 ``cache``, ...), and for log-likelihoods ``mc_num`` (128), ``mc_batch_size`` (32), ``seed`` (1234),
 ``check_greedy`` (true).
 
@@ -40,7 +41,13 @@ the arguments unchanged) or from Python::
   and a rerun gives the same numbers. Dream's shifted logits are handled inside the model (position i scores
   token i for both families). ``is_greedy`` (when ``check_greedy``) decodes the continuation one token per forward
   with ``vanilla`` and compares.
-* ``loglikelihood_rolling`` raises :class:`NotImplementedError`.
+* ``loglikelihood_rolling`` (perplexity tasks): the same estimator over the whole text, in windows that fit the
+  model (:meth:`D3LLMHarnessModel.rolling_windows`): the first window scores up to ``max_length`` tokens with an
+  empty context (LLaDA, whose position i scores token i everywhere; the shifted families, Dream and the causal
+  baseline, condition the first token on ``prefix_token_id``, as lm-eval's HF model does), each later one scores
+  the next ``max_length // 2`` tokens given the ``max_length // 2`` tokens before them. The sum is an estimate of
+  ``log p(text)`` that is a lower bound in expectation (the ELBO: word and byte perplexities are upper bounds, as
+  the masked-diffusion literature reports them), and it is seeded like ``loglikelihood``.
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ class D3LLMHarnessModel(TemplateLM):
     def __init__(self, pretrained: str | None = None, method: str | None = None, device: str | None = None,
                  dtype: str | None = None, batch_size: int | str | None = 8, max_batch_size: int | None = None,
                  mc_num: int = 128, mc_batch_size: int = 32, seed: int = 1234, check_greedy: bool = True,
-                 **decoder_params) -> None:
+                 threads: int | str | None = None, **decoder_params) -> None:
         super().__init__()
         if pretrained is None:
             from d3llm.assets import default_model_path
@@ -81,6 +88,12 @@ class D3LLMHarnessModel(TemplateLM):
             warnings.warn(f"d3llm: device {device!r} requested but CUDA is not available; using the CPU")
             device = "cpu"
         self.model = d3llm.load_model(pretrained, device=device, dtype=dtype)
+        from d3llm.cli.options import apply_threads
+
+        # torch's CPU threads as every d3llm command sets them (one for a small model: with torch's default, one
+        # per core, `d3llm lm-eval --model teacher --tasks arith --limit 200` decoded 72 tokens/s instead of 1,100
+        # on our 2-core machine while other jobs ran)
+        apply_threads(None if threads is None else _positive_int(threads, "threads"), self.model)
         self.tokenizer = d3llm.load_tokenizer(pretrained)
         self.pretrained = str(pretrained)
         self.method = method
@@ -258,10 +271,32 @@ class D3LLMHarnessModel(TemplateLM):
                                 temperature=0.0)
         return result.generated[0].tolist() == list(target_ids)
 
+    def rolling_windows(self, ids: list[int]) -> list[tuple[list[int], list[int]]]:
+        """``(context, target)`` pairs whose targets split ``ids`` in order, each pair at most ``max_length`` tokens
+        long (see the module docstring)."""
+        length = self.max_length
+        lead = [] if self.model.family == "llada" else [self.prefix_token_id]  # the shifted families score token
+        first = length - len(lead)                                            # i at position i - 1
+        windows = [(lead, ids[:first])]
+        stride = length // 2
+        for start in range(first, len(ids), stride):
+            target = ids[start : start + stride]
+            windows.append((ids[max(start + len(target) - length, 0) : start], target))
+        return windows
+
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        raise NotImplementedError(
-            "d3llm: loglikelihood_rolling (perplexity tasks) is not supported; masked diffusion models have no "
-            "exact left-to-right likelihood, and the Monte-Carlo bound of `loglikelihood` needs a context")
+        out = []
+        bar = _Bar(len(requests), "d3llm loglikelihood_rolling", disable_tqdm)
+        for (text,) in (req.args for req in requests):
+            ids = self.tok_encode(text)
+            if not ids:
+                raise ConfigError(f"loglikelihood_rolling: the text {text[:40]!r} encodes to no tokens")
+            ll = sum(self.monte_carlo_loglikelihood(context, target) for context, target in self.rolling_windows(ids))
+            out.append(ll)
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), ll)
+            bar.advance(1, None)
+        bar.close()
+        return out
 
 
 def _positive_int(value, name: str) -> int:

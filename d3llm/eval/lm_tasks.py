@@ -6,10 +6,12 @@ against ``d3llm serve``, ``hf``, ...), offline: no hub, no data files.
 ``custom_dataset`` hook). The prompt is the question alone (``--apply_chat_template`` wraps it in the model's chat
 template), generation runs to the end of text (``until: []``) with ``max_gen_toks: 256`` (what an OpenAI-API model
 sends as ``max_tokens``; ``--gen_kwargs max_gen_toks=N`` changes it), and the metric is strict exact match of the
-``#### N`` number (the regex of lm-eval's gsm8k, first match), as ``d3llm eval``'s strict score. Point lm-eval at
-:data:`TASKS_DIR` with ``--include_path``::
+``#### N`` number (the regex of lm-eval's gsm8k, first match), as ``d3llm eval``'s strict score. ``d3llm lm-eval``
+accepts the short name ``arith`` (:data:`TASK_ALIASES`) and adds ``--include_path`` :data:`TASKS_DIR` itself; lm-eval
+run directly needs it::
 
-    d3llm lm-eval --model d3llm --tasks d3llm_arith --include_path d3llm/eval/tasks --apply_chat_template --limit 50
+    d3llm lm-eval --model teacher --tasks arith --limit 50
+    lm_eval --model local-chat-completions ... --tasks d3llm_arith --include_path TASKS_DIR --apply_chat_template
 
 ``--metadata '{"problems": N, "problem_seed": S}'`` picks another number of problems (default 500, lm-eval's
 ``--limit`` takes the first ones) or seed of the generator (default 0, the problems every d3llm evaluation uses).
@@ -21,6 +23,8 @@ from pathlib import Path
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # lm-eval's --include_path for every task below
 ARITH_TASK = "d3llm_arith"
+TASK_FILES = {ARITH_TASK: TASKS_DIR / "arith" / "arith.yaml"}  # every shipped task and its YAML file
+TASK_ALIASES = {"arith": ARITH_TASK}  # the short names ``d3llm lm-eval --tasks`` accepts (d3llm eval's task names)
 ARITH_PROBLEMS = 500  # the held-out problems of every d3llm evaluation (d3llm.tasks.data.DEFAULT_TEST_SIZE)
 
 
