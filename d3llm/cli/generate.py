@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     texts = result.texts(tokenizer)
     figures = {
         "nfe": result.nfe.tolist(), "tokens": result.num_tokens.tolist(),
-        "tpf": round(result.tokens_per_forward, 3), "tokens_per_s": round(result.tokens_per_second, 1),
+        "tpf": round(result.tokens_per_forward, 3), "positions_per_token": round(result.positions_per_token, 2),
+        "tokens_per_s": round(result.tokens_per_second, 1),
         "wall_s": round(result.wall_time, 4), "model_s": round(result.model_time, 4),
     }
     if args.json:
@@ -88,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"--- {i}")
         print(text)
     print(f"[{result.method}] NFE {sum(figures['nfe'])}  tokens {sum(figures['tokens'])}  TPF {figures['tpf']}  "
-          f"{figures['tokens_per_s']} tokens/s  ({figures['wall_s']} s, model {figures['model_s']} s)")
+          f"positions/token {figures['positions_per_token']}  {figures['tokens_per_s']} tokens/s  ({figures['wall_s']} s, model {figures['model_s']} s)")
     return 0

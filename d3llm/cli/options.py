@@ -34,6 +34,8 @@ DECODER_FLAGS = {
                                   "multi_block: progress that fully activates the next block"),
     "--cache-delay-iter": ("cache_delay_iter", int, "multi_block: iterations before a finished block is cached"),
     "--refresh-interval": ("refresh_interval", int, "multi_block: refresh the cache every N iterations"),
+    "--suffix-refresh-interval": ("suffix_refresh_interval", int,
+                                  "multi_block --suffix-cache: recompute the masked tail every N iterations"),
     "--alg": ("alg", str, "Dream vanilla: origin, maskgit_plus, topk_margin or entropy"),
     "--top-p": ("top_p", float, "Dream vanilla: nucleus sampling mass"),
     "--top-k": ("top_k", int, "Dream vanilla: top-k sampling"),
@@ -78,6 +80,9 @@ def add_decoder_flags(parser: argparse.ArgumentParser, method_flag: bool = True,
                        help="multi_block: stop at the first end-of-text")
     group.add_argument("--reference-exact", action="store_true", default=None,
                        help="multi_block: reproduce the reference's cache-branch order exactly")
+    group.add_argument("--suffix-cache", action=argparse.BooleanOptionalAction, default=None,
+                       help="multi_block with a cache: forward only the active blocks, the masked tail after them "
+                            "from the cache")
     if seed:
         group.add_argument("--seed", type=int, default=None, help="seed for sampling (default: unseeded)")
 
@@ -123,7 +128,7 @@ def decoder_params(args: argparse.Namespace) -> dict:
     """The decoder parameters given on the command line."""
     params = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in DECODER_FLAGS.items()}
     params = {k: v for k, v in params.items() if v is not None}
-    for name in ("early_stop", "reference_exact"):
+    for name in ("early_stop", "reference_exact", "suffix_cache"):
         if getattr(args, name, None) is not None:
             params[name] = getattr(args, name)
     return params

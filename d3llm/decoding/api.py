@@ -110,16 +110,18 @@ def generate(
     n = engine.params.max_new_tokens
     sequences = np.full((len(prompts), width + n), pad_id, dtype=np.int64)
     nfe = np.zeros(len(prompts), dtype=np.int64)
+    positions = np.zeros(len(prompts), dtype=np.int64)
     commit_step = np.zeros((len(prompts), n), dtype=np.int64)
     for i, prompt in enumerate(prompts):
         out = outputs[i]
         sequences[i, width - len(prompt) : width] = prompt
         sequences[i, width:] = out.generated
-        nfe[i], commit_step[i] = out.nfe, out.commit_step
+        nfe[i], commit_step[i], positions[i] = out.nfe, out.commit_step, out.positions
     return GenerationResult(
         sequences=torch.from_numpy(sequences),
         prompt_lengths=torch.tensor([len(p) for p in prompts]),
         nfe=torch.from_numpy(nfe),
+        positions=torch.from_numpy(positions),
         commit_step=torch.from_numpy(commit_step),
         tokens=[outputs[i].tokens for i in range(len(prompts))],
         wall_time=time.perf_counter() - t0,

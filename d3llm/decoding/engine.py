@@ -128,6 +128,8 @@ class RequestOutput:
             masked; -1 for a position still masked.
         tokens: the generated ids before the first end-of-text.
         nfe: forward passes the row took part in.
+        positions: positions the row forwarded, over all its forwards (a full forward counts the whole row, a
+            cached one its slice): what its tokens cost in model compute.
         finish_reason: ``"stop"``, ``"length"``, ``"cancelled"`` or ``"error"``.
     """
 
@@ -138,6 +140,7 @@ class RequestOutput:
     tokens: list[int]
     nfe: int
     finish_reason: str
+    positions: int = 0
 
 
 @dataclass
@@ -205,11 +208,12 @@ class _Request:
 class _Rows(RowTable):
     """The engine's own per-row bookkeeping."""
 
-    row_fields = {"requests": None, "slots": 0, "nfe": 0, "commit_step": -1, "prefix": 0, "stopped": False,
+    row_fields = {"requests": None, "slots": 0, "nfe": 0, "positions": 0, "commit_step": -1, "prefix": 0, "stopped": False,
                   "cancelled": False}
     requests: list  # [n] _Request
     slots: np.ndarray  # [n] the row of the engine's KV cache each request holds
     nfe: np.ndarray  # [n]
+    positions: np.ndarray  # [n] positions forwarded
     commit_step: np.ndarray  # [n, max N]
     prefix: np.ndarray  # [n] committed prefix already reported
     stopped: np.ndarray  # [n] an end-of-text was reported: nothing more to stream
@@ -511,7 +515,7 @@ class Engine:
         slots = self._take_slots(n, int(canvas.lengths.max()))
         try:
             rows = _Rows(requests=joining, slots=slots, nfe=np.zeros(n, dtype=np.int64),
-                         commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64),
+                         positions=np.zeros(n, dtype=np.int64), commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64),
                          prefix=np.zeros(n, dtype=np.int64), stopped=np.zeros(n, dtype=bool),
                          cancelled=np.zeros(n, dtype=bool))
             if self.canvas is not None:
@@ -565,7 +569,7 @@ class Engine:
             elif why == "done":
                 why = "stop" if len(tokens) < n else "length"
             out = RequestOutput(req.request_id, req.prompt.tolist(), generated, rows.commit_step[i, :n].copy(),
-                                tokens, int(rows.nfe[i]), why)
+                                tokens, int(rows.nfe[i]), why, int(rows.positions[i]))
             prefix = int(np.argmax(masked[i])) if masked[i].any() else n
             new = [] if error is not None else self._stream(i, gen[i], prefix)
             events.append(RowEvent(req.request_id, None, prefix, new, True, why, out, error=error))
@@ -607,6 +611,7 @@ class Engine:
         self.stats.steps += 1
         self.stats.forwards += n
         self.stats.positions += int(lengths.sum())
+        self.rows.positions += lengths
         self.stats.last_positions = dict(zip(self.active_ids, lengths.tolist()))
         return logits.view(n, k, -1)
 

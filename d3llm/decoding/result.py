@@ -21,6 +21,8 @@ class GenerationResult:
             stopped being masked: the decoding trajectory that distillation records. A position filled by early
             stop gets the step in which the fill happened; -1 marks a position still masked (only when decoding
             was cut off by the step cap).
+        positions: ``[B]`` positions each row forwarded, summed over its forwards (a full forward counts the whole
+            sequence, a cached forward its slice): the model compute behind its tokens.
         tokens: per row, the generated ids up to (excluding) the first EOS.
         wall_time: seconds for the whole call; model_time: seconds inside model forwards.
         method, params: the decoder and its resolved parameters.
@@ -35,6 +37,7 @@ class GenerationResult:
     model_time: float
     method: str
     params: dict = field(default_factory=dict)
+    positions: torch.Tensor | None = None
 
     @property
     def gen_start(self) -> int:
@@ -55,6 +58,13 @@ class GenerationResult:
         """TPF of the batch: generated tokens (before EOS) / forward passes."""
         total = int(self.nfe.sum())
         return float(self.num_tokens.sum()) / total if total else 0.0
+
+    @property
+    def positions_per_token(self) -> float:
+        """Positions forwarded per generated token (before EOS) of the batch: what a token costs in model compute
+        (TPF counts forwards, this counts what they process)."""
+        tokens = int(self.num_tokens.sum())
+        return float(self.positions.sum()) / tokens if tokens and self.positions is not None else 0.0
 
     def texts(self, tokenizer, skip_special_tokens: bool = True) -> list[str]:
         """The generated text of every row (``tokens``, cut before the first end-of-text), decoded."""

@@ -20,7 +20,10 @@ covers canvas columns ``[G + (b-1)B, G + bB)``. A created block that is not *ful
 Delayed KV cache (``cache_delay_iter`` = D, None = no cache): a finished block (prompt included) is appended to the
 prefix cache only D iterations after it was first seen finished; while a block waits ("stabilises") every forward
 is a full refresh whose logits are that step's logits; ``refresh_interval`` R makes every R-th iteration a refresh.
-Cached forwards still run from the end of the cached prefix to the end of the canvas.
+Cached forwards still run from the end of the cached prefix to the end of the canvas, unless ``suffix_cache``:
+then a forward ends with the last active block and attends to the keys and values of the masked tail after it
+computed by an earlier forward; the tail is recomputed every ``suffix_refresh_interval`` iterations (see
+:meth:`MultiBlock._plan_suffix`), so each step costs what its active blocks cost.
 
 One deliberate difference from the reference: when a periodic refresh falls on an iteration that appends newly
 cacheable blocks, the reference appends against the stale prefix cache and skips the refresh; here the refresh
@@ -48,6 +51,9 @@ from d3llm.decoding.canvas import Canvas
 from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, RowSetup, StepPlan
 from d3llm.decoding.params import Params
 from d3llm.decoding.rows import pad_columns
+from d3llm.errors import GenerationError
+
+SUFFIX_REFRESH_INTERVAL = 4  # suffix_cache: iterations between forwards that recompute the masked tail
 
 
 @dataclass
@@ -64,6 +70,8 @@ class MultiBlockParams(Params):
     refresh_interval: int | None = None
     early_stop: bool = False
     reference_exact: bool = False
+    suffix_cache: bool = False
+    suffix_refresh_interval: int | None = SUFFIX_REFRESH_INTERVAL
 
     def validate(self, method: str) -> None:
         self.check_blocks(method)
@@ -76,17 +84,24 @@ class MultiBlockParams(Params):
                          "the progress of the previous block that fully activates a block")
         self.check_int(method, "cache_delay_iter", self.cache_delay_iter, minimum=1, allow_none=True)
         self.check_int(method, "refresh_interval", self.refresh_interval, minimum=1, allow_none=True)
-        for name in ("early_stop", "reference_exact"):
+        self.check_int(method, "suffix_refresh_interval", self.suffix_refresh_interval, minimum=1, allow_none=True)
+        for name in ("early_stop", "reference_exact", "suffix_cache"):
             self.check_bool(method, name)
+        if self.suffix_cache and self.cache_delay_iter is None:
+            raise GenerationError(f"{method}: suffix_cache=True needs the delayed KV cache: set cache_delay_iter "
+                                  f"(e.g. 2){self.label('suffix_cache')}")
+        if self.suffix_cache and self.reference_exact:
+            raise GenerationError(f"{method}: suffix_cache and reference_exact do not combine (the reference has no "
+                                  f"suffix cache){self.label('suffix_cache')}")
 
 
 @dataclass
 class MultiBlockState(MethodState):
     row_fields = {"created": False, "masks": 0, "full": False, "done_at": -1, "cached": False, "next_block": 2,
-                  "cache_len": 0, "has_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1, "eos_block_masks": 0,
+                  "cache_len": 0, "has_kv": False, "tail_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1, "eos_block_masks": 0,
                   "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0, "first": 0,
                   "eos": -1, "early_stop": False, "temperature": 0.0, "threshold": 0.0, "generators": None}
-    step_fields = ("pos", "valid", "in_f")
+    step_fields = ("pos", "valid", "in_f", "suffix_due")
     created: np.ndarray  # [n, K] block exists (K = most blocks + 1, index 0 = prompt)
     masks: np.ndarray  # [n, K] masks left (bookkeeping)
     full: np.ndarray  # [n, K] fully activated
@@ -95,6 +110,7 @@ class MultiBlockState(MethodState):
     next_block: np.ndarray  # [n] id of the next block to create
     cache_len: np.ndarray  # [n] end of the cached prefix (the decoder's count)
     has_kv: np.ndarray  # [n] a cache exists for the row
+    tail_kv: np.ndarray  # [n] suffix_cache: the cache holds keys and values of every position of the row
     nfe: np.ndarray  # [n] iterations (the reference's NFE counter while decoding)
     # canvas statistics from the last transfer
     any_mask: np.ndarray  # [n] a mask is left in the generation region
@@ -116,6 +132,7 @@ class MultiBlockState(MethodState):
     pos: np.ndarray | None = None  # [n, K] position of each candidate (padding entries: any position of the slice)
     valid: np.ndarray | None = None  # [n, K] the entry is a real candidate
     in_f: np.ndarray | None = None  # [n, K] the candidate lies in the row's guaranteed block (None: no row has one)
+    suffix_due: np.ndarray | None = None  # [n] suffix_cache: this forward recomputes the masked tail
 
 
 class MultiBlock(DecodingMethod):
@@ -149,7 +166,8 @@ class MultiBlock(DecodingMethod):
             created=np.zeros((n, k), dtype=bool), masks=np.zeros((n, k), dtype=np.int64),
             full=np.zeros((n, k), dtype=bool), done_at=np.full((n, k), -1, dtype=np.int64),
             cached=np.zeros((n, k), dtype=bool), next_block=np.full(n, 2, dtype=np.int64),
-            cache_len=np.zeros(n, dtype=np.int64), has_kv=np.zeros(n, dtype=bool), nfe=np.zeros(n, dtype=np.int64),
+            cache_len=np.zeros(n, dtype=np.int64), has_kv=np.zeros(n, dtype=bool),
+            tail_kv=np.zeros(n, dtype=bool), nfe=np.zeros(n, dtype=np.int64),
             any_mask=np.ones(n, dtype=bool), eos_pos=np.full(n, -1, dtype=np.int64),
             eos_block_masks=np.zeros(n, dtype=np.int64), masks_before_eos=np.zeros(n, dtype=np.int64),
             canvas_masks=np.full((n, k - 1), b, dtype=np.int64), start=start, end=end, blocks=blocks,
@@ -208,6 +226,11 @@ class MultiBlock(DecodingMethod):
         else:
             plan = self._plan_cache(canvas, st, active, has_masks, ids, a)
             active = plan.run
+            if snapshot is not None and self.params.suffix_cache:
+                # a row whose forward stops before the tail scores the masks left after the fill (the reference,
+                # and a row forwarding to its end, also score the masks it just filled with end-of-text)
+                short = ~st.suffix_due
+                snapshot[short] = canvas.x[short] == canvas.mask_id
             lo = np.maximum(plan.start, canvas.gen_start)
 
         fa = st.created & st.full & has_masks
@@ -217,6 +240,8 @@ class MultiBlock(DecodingMethod):
                                                    st.end[rows, f])
         plan.score_pos = st.pos
         plan.run = active
+        if self.params.suffix_cache:
+            plan.end = self._suffix_end(canvas, st, plan)
         return plan
 
     def _gather_candidates(self, canvas: Canvas, st: MultiBlockState, lo: np.ndarray, a: np.ndarray,
@@ -328,11 +353,39 @@ class MultiBlock(DecodingMethod):
         lead = 1 if self.family == "dream" else 0
         new_cache_len = st.cache_len + upd
         plan_start = np.where(cached_forward, np.maximum(st.cache_len - lead, 0), 0)
-        new_len = np.where(cached_forward | refresh, np.maximum(new_cache_len - lead, 0), 0)
+        keeps = cached_forward | refresh
+        if p.suffix_cache:  # every forward leaves every position in the cache: prefix, the slice and the tail
+            st.suffix_due = self._suffix_due(st)
+            st.tail_kv |= run
+            new_len = length
+        else:
+            new_len = np.where(keeps, np.maximum(new_cache_len - lead, 0), 0)
         st.cache_len = np.where(run, new_cache_len, st.cache_len)
-        st.has_kv |= run & (cached_forward | refresh)
+        st.has_kv |= run & keeps
         return StepPlan(run=run, start=plan_start, end=length, cache_length=new_len, score_pos=None,
                         score_width=None)
+
+    def _suffix_due(self, st: MultiBlockState) -> np.ndarray:
+        """Suffix cache: the rows whose forward recomputes the masked tail after the active blocks: a row's first
+        forward and every ``suffix_refresh_interval``-th iteration (None: no other). The end-of-text tokens
+        early stop writes into the tail join the cache at the next of these (until then the tail's keys and values
+        are those of its masks)."""
+        interval = self.params.suffix_refresh_interval
+        due = ~st.tail_kv
+        if interval is not None:
+            due = due | (st.nfe % interval == 0)
+        return due
+
+    def _suffix_end(self, canvas: Canvas, st: MultiBlockState, plan: StepPlan) -> np.ndarray:
+        """Suffix cache: where each row's forward ends. A row not due (:meth:`_suffix_due`) forwards up to the end of
+        the block of its last candidate and attends to the keys and values the cache holds after it (computed by
+        the last forward that covered them); a due row forwards to its end."""
+        b = self.params.block_size
+        last = np.where(st.valid, st.pos, -1).max(axis=1)
+        last = np.maximum(last, plan.start)
+        g = canvas.gen_start
+        block_end = np.where(last >= g, g + ((last - g) // b + 1) * b, g)
+        return np.where(st.suffix_due, canvas.lengths, np.minimum(block_end, canvas.lengths))
 
     # -- commit ----------------------------------------------------------------------------------------------------
     def commit(self, canvas: Canvas, st: MultiBlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
