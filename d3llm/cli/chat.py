@@ -6,8 +6,9 @@
 While a reply decodes, the canvas fills in live: committed text plain, tokens committed in the last step
 highlighted, still-masked positions as ░, | between blocks (a one-line key is printed before the first canvas).
 After each reply one line gives its forwards (NFE), tokens, tokens per forward (TPF, the point of a parallel
-decoder) and tokens/s (decoding time only, the drawing of the canvas excluded). Commands: /reset forgets the conversation, /method
-shows the decoder and /method NAME switches to another (the folder's defaults for it), /quit (or Ctrl-D) leaves.
+decoder) and tokens/s (decoding time only, the drawing of the canvas excluded). Commands: /reset forgets the
+conversation, /method shows the decoder and /method NAME switches to another (the folder's defaults for it), /quit
+(or Ctrl-D) leaves.
 The chat drives the same step-wise engine as d3llm serve, one request per reply.
 """
 

@@ -89,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"--- {i}")
         print(text)
     print(f"[{result.method}] NFE {sum(figures['nfe'])}  tokens {sum(figures['tokens'])}  TPF {figures['tpf']}  "
-          f"positions/token {figures['positions_per_token']}  {figures['tokens_per_s']} tokens/s  ({figures['wall_s']} s, model {figures['model_s']} s)")
+          f"positions/token {figures['positions_per_token']}  {figures['tokens_per_s']} tokens/s  "
+          f"({figures['wall_s']} s, model {figures['model_s']} s)")
     return 0

@@ -208,8 +208,8 @@ class _Request:
 class _Rows(RowTable):
     """The engine's own per-row bookkeeping."""
 
-    row_fields = {"requests": None, "slots": 0, "nfe": 0, "positions": 0, "commit_step": -1, "prefix": 0, "stopped": False,
-                  "cancelled": False}
+    row_fields = {"requests": None, "slots": 0, "nfe": 0, "positions": 0, "commit_step": -1, "prefix": 0,
+                  "stopped": False, "cancelled": False}
     requests: list  # [n] _Request
     slots: np.ndarray  # [n] the row of the engine's KV cache each request holds
     nfe: np.ndarray  # [n]
@@ -515,7 +515,8 @@ class Engine:
         slots = self._take_slots(n, int(canvas.lengths.max()))
         try:
             rows = _Rows(requests=joining, slots=slots, nfe=np.zeros(n, dtype=np.int64),
-                         positions=np.zeros(n, dtype=np.int64), commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64),
+                         positions=np.zeros(n, dtype=np.int64),
+                         commit_step=np.full((n, max(gen_lengths)), -1, dtype=np.int64),
                          prefix=np.zeros(n, dtype=np.int64), stopped=np.zeros(n, dtype=bool),
                          cancelled=np.zeros(n, dtype=bool))
             if self.canvas is not None:

@@ -23,7 +23,8 @@ is a full refresh whose logits are that step's logits; ``refresh_interval`` R ma
 Cached forwards still run from the end of the cached prefix to the end of the canvas, unless ``suffix_cache``:
 then a forward ends with the last active block and attends to the keys and values of the masked tail after it
 computed by an earlier forward; the tail is recomputed every ``suffix_refresh_interval`` iterations (see
-:meth:`MultiBlock._plan_suffix`), so each step costs what its active blocks cost.
+:meth:`MultiBlock._suffix_due` and :meth:`MultiBlock._suffix_end`), so each step costs what its active blocks
+cost.
 
 One deliberate difference from the reference: when a periodic refresh falls on an iteration that appends newly
 cacheable blocks, the reference appends against the stale prefix cache and skips the refresh; here the refresh
@@ -98,8 +99,8 @@ class MultiBlockParams(Params):
 @dataclass
 class MultiBlockState(MethodState):
     row_fields = {"created": False, "masks": 0, "full": False, "done_at": -1, "cached": False, "next_block": 2,
-                  "cache_len": 0, "has_kv": False, "tail_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1, "eos_block_masks": 0,
-                  "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0, "first": 0,
+                  "cache_len": 0, "has_kv": False, "tail_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1,
+                  "eos_block_masks": 0, "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0, "first": 0,
                   "eos": -1, "early_stop": False, "temperature": 0.0, "threshold": 0.0, "generators": None}
     step_fields = ("pos", "valid", "in_f", "suffix_due")
     created: np.ndarray  # [n, K] block exists (K = most blocks + 1, index 0 = prompt)
