@@ -4,7 +4,8 @@ run, and the split of wall time into model forwards and the decoder's own cost.
 For each setting, in one run and one after the other: batch 1 (the requests decoded one at a time), every batch
 size of ``--batches`` (the same requests in batches), and a *staggered* scenario: the same requests join one
 ``d3llm.Engine`` one every ``--stagger-every`` steps while the earlier ones run (a server's continuous batching,
-arrivals counted in engine steps). Each row reports NFE, TPF (generated tokens before EOS per forward), tokens/s,
+arrivals counted in engine steps). Each row reports NFE, TPF (generated tokens before EOS per forward), positions
+(forwarded) per generated token, tokens/s,
 its ratio to batch 1 measured in the same run, wall and model time and the loop's share ``(wall - model) / wall``,
 the *forward gain* (generated tokens per second of model time over batch 1's: what batching gave the forwards
 themselves, before the loop's share), and the setting's *ceiling*: the mean slice a row forwards per step at batch 1, and what batching gains at most on
@@ -47,6 +48,9 @@ def settings(gen: int, block: int, threshold: float, confidence: float) -> dict[
                                                         refresh_interval=None, temperature=0.0)),
         "multi_block+cache(D=2,R=3)": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=2,
                                                             refresh_interval=3, temperature=0.0)),
+        "multi_block+cache(D=2,R=3)+suffix": ("multi_block", dict(MB, threshold=threshold, cache_delay_iter=2,
+                                                                   refresh_interval=3, suffix_cache=True,
+                                                                   temperature=0.0)),
     }
 
 
@@ -79,8 +83,9 @@ def make_prompts(model, source: str, n: int, length: int, seed: int) -> tuple[li
     return [torch.randint(0, hi, (length,), generator=g).tolist() for _ in range(n)], f"{n} random prompts of {length}"
 
 
-def figures(batch, tokens: int, nfe: int, wall: float, model_t: float) -> dict:
-    return {"batch": batch, "nfe": nfe, "tokens": tokens, "tpf": tokens / nfe, "tokens_per_s": tokens / wall,
+def figures(batch, tokens: int, nfe: int, wall: float, model_t: float, positions: int) -> dict:
+    return {"batch": batch, "nfe": nfe, "tokens": tokens, "tpf": tokens / nfe,
+            "positions_per_token": positions / max(tokens, 1), "tokens_per_s": tokens / wall,
             "wall_s": wall, "model_s": model_t, "loop_s": wall - model_t, "loop_share": (wall - model_t) / wall}
 
 
@@ -88,7 +93,7 @@ def measure(model, prompts, method, params, batch: int, repeats: int) -> dict:
     """Decode ``prompts`` in batches of ``batch`` with ``d3llm.generate``; a warm-up batch runs first, untimed."""
     d3llm.generate(model, prompts[:batch], method, **params)
     wall = model_t = 0.0
-    nfe = tokens = 0
+    nfe = tokens = positions = 0
     for _ in range(repeats):
         for i in range(0, len(prompts) - batch + 1, batch):
             r = d3llm.generate(model, prompts[i : i + batch], method, **params)
@@ -96,14 +101,15 @@ def measure(model, prompts, method, params, batch: int, repeats: int) -> dict:
             model_t += r.model_time
             nfe += int(r.nfe.sum())
             tokens += int(r.num_tokens.sum())
-    return figures(batch, tokens, nfe, wall, model_t)
+            positions += int(r.positions.sum())
+    return figures(batch, tokens, nfe, wall, model_t, positions)
 
 
 def staggered(model, prompts, method, params, every: int, repeats: int) -> dict:
     """The requests join one engine, one every ``every`` steps, while the earlier ones run (timed from the first
     arrival to the last finished request)."""
     wall = model_t = 0.0
-    nfe = tokens = 0
+    nfe = tokens = positions = 0
     for _ in range(repeats):
         engine = d3llm.Engine(model, method, **params)
         t0 = time.perf_counter()
@@ -119,7 +125,8 @@ def staggered(model, prompts, method, params, every: int, repeats: int) -> dict:
             step += 1
         wall += time.perf_counter() - t0
         model_t += engine.stats.model_time
-    return figures(f"staggered/{every}", tokens, nfe, wall, model_t)
+        positions += engine.stats.positions
+    return figures(f"staggered/{every}", tokens, nfe, wall, model_t, positions)
 
 
 def mean_slice(model, prompts, method, params, n: int = 8) -> float:
@@ -171,7 +178,7 @@ def forward_gain(row: dict, alone: dict) -> float:
 
 def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
     """The table of docs/benchmarks.md: tokens/s of every setting per batch size and staggered, with ratios to batch 1."""
-    head = ["setting", "TPF"] + [f"batch {b}" for b in batches]
+    head = ["setting", "TPF", "positions/token"] + [f"batch {b}" for b in batches]
     if isinstance(rows[-1]["batch"], str):
         head.append(rows[-1]["batch"].replace("/", " every "))
     later = [f"batch {b}" for b in batches[1:]] + (["staggered"] if isinstance(rows[-1]["batch"], str) else [])
@@ -182,7 +189,7 @@ def markdown(rows: list[dict], names: list[str], batches: list[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         mine = [r for r in rows if r["setting"] == name]
-        cells = [f"`{name}`", f"{mine[0]['tpf']:.2f}"]
+        cells = [f"`{name}`", f"{mine[0]['tpf']:.2f}", f"{mine[0]['positions_per_token']:.1f}"]
         for r in mine:
             ratio = "" if r is mine[0] else f" ({r['ratio_to_batch_1']:.2f}x)"
             cells.append(f"{r['tokens_per_s']:,.0f}{ratio}")
@@ -250,7 +257,8 @@ def main(argv=None) -> int:
             if ceiling and isinstance(row["batch"], int):
                 row["dense_ceiling"] = ceiling[str(row["batch"])]
             rows.append(row)
-            print(f"{name:28s} {str(row['batch']):12s} NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
+            print(f"{name:34s} {str(row['batch']):12s} NFE {row['nfe']:5d}  TPF {row['tpf']:5.2f}  "
+                  f"pos/tok {row['positions_per_token']:6.1f}  "
                   f"{row['tokens_per_s']:8.1f} tok/s ({row['ratio_to_batch_1']:4.2f}x)  wall {row['wall_s']:7.3f}s  "
                   f"model {row['model_s']:7.3f}s  loop {100 * row['loop_share']:5.1f}%", flush=True)
     if args.markdown:

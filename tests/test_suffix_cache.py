@@ -116,3 +116,19 @@ def test_the_folder_default_and_the_command_line_flag(tmp_path, capsys):
     assert figures["--no-suffix-cache"]["positions_per_token"] > figures[None]["positions_per_token"]
     assert figures[None]["texts"] == figures["--no-suffix-cache"]["texts"]
     assert figures[None]["texts"][0].endswith("#### 30")
+
+
+def test_evaluation_reports_positions_per_token():
+    """d3llm eval's summary counts the positions its batches forwarded, as generate does for the same problems."""
+    from d3llm.eval import evaluate
+    from d3llm.models.prompts import encode_prompt
+    from d3llm.tasks.data import ArithDataset
+
+    model, tokenizer = d3llm.load_model("teacher"), d3llm.load_tokenizer("teacher")
+    data = ArithDataset("test", 8)
+    summary = evaluate(model, tokenizer, data, batch_size=4, warmup=False).summary()
+    direct = [d3llm.generate(model, [encode_prompt(tokenizer, data[i].question) for i in range(s, s + 4)])
+              for s in (0, 4)]
+    positions = sum(int(r.positions.sum()) for r in direct)
+    tokens = sum(int(r.num_tokens.sum()) for r in direct)
+    assert summary["positions_per_token"] == round(positions / tokens, 2) > 0

@@ -52,6 +52,7 @@ class EvalResult:
     wall_s: float
     model_s: float
     batch_size: int
+    positions: int = 0  # positions forwarded (0 for batches saved before they were counted)
     records: list[Record] = field(default_factory=list)
     environment: dict = field(default_factory=dict)
 
@@ -63,10 +64,15 @@ class EvalResult:
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def positions_per_token(self) -> float:
+        """Positions forwarded per generated token: what a token cost in model compute (see TPF for forwards)."""
+        return self.positions / self.tokens if self.tokens else 0.0
+
     def summary(self) -> dict:
         return {"dataset": self.dataset, "method": self.method, "params": self.params, "n": self.n,
                 "strict": round(self.strict, 2), "flexible": round(self.flexible, 2), "tpf": round(self.tpf, 3),
-                "tokens_per_s": round(self.tokens_per_s, 1), "tokens": self.tokens, "nfe": self.nfe,
+                "positions_per_token": round(self.positions_per_token, 2), "tokens_per_s": round(self.tokens_per_s, 1), "tokens": self.tokens, "nfe": self.nfe,
                 "wall_s": round(self.wall_s, 3), "model_s": round(self.model_s, 3), "batch_size": self.batch_size}
 
     def to_dict(self, records: bool = True) -> dict:
@@ -92,6 +98,7 @@ class Batch:
     model_s: float
     method: str
     params: dict
+    positions: list[int] = field(default_factory=list)  # per row (empty in files saved before it was recorded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,7 +210,8 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
             watch = step_watcher(bar, len(chunk), mask_id) if bar is not None else None
             result = d3llm.generate(model, chunk, method, seed=seed, callback=watch, **params)
             done[start] = batch = Batch(start, [[int(t) for t in ids] for ids in result.tokens], result.nfe.tolist(),
-                                        result.wall_time, result.model_time, result.method, result.params)
+                                        result.wall_time, result.model_time, result.method, result.params,
+                                        result.positions.tolist())
             if save_batch is not None:
                 save_batch(batch)
             if bar is not None:
@@ -229,4 +237,4 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=last.method, params=last.params, n=n,
                       strict=s.strict, flexible=s.flexible, tokens=sum(len(t) for t in outputs), nfe=sum(nfes),
                       wall_s=sum(b.wall_s for b in batches), model_s=sum(b.model_s for b in batches),
-                      batch_size=batch_size, records=records, environment=environment(model))
+                      batch_size=batch_size, positions=sum(sum(b.positions) for b in batches), records=records, environment=environment(model))
