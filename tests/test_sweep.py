@@ -185,3 +185,22 @@ def test_a_model_right_nowhere_scores_zero_without_a_fraction_warning(tmp_path, 
                                    "curves": {"good": {"points": [0, 1]}, "zero": {"points": [2, 3]}}})
     assert board.tasks["t"]["zero"] == 0.0 and board.tasks["t"]["good"] == pytest.approx(aup(
         [(1.0, 60.0), (4.0, 58.0)], 60.0)) and board.y_max["t"] == 60.0 and board.methods == ["good", "zero"]
+
+
+def test_a_model_that_writes_nothing_scores_zero_and_plots(tmp_path):
+    """An untrained model may end every answer at once: TPF 0 and accuracy 0 at every point. It scores 0 beside a
+    model that scores, and the plot draws it without a warning or an error (nothing to shade)."""
+    import warnings
+
+    from d3llm.eval.sweep import plot, sweep_leaderboard
+
+    points = [{"tpf": 0.7, "accuracy": 90.0}, {"tpf": 5.0, "accuracy": 88.0}, {"tpf": 0.0, "accuracy": 0.0},
+              {"tpf": 0.0, "accuracy": 0.0}]
+    results = {"task": "t", "n": 10, "metric": "strict", "models": {"good": {}, "empty": {}}, "points": points,
+               "curves": {"good c": {"model": "good", "points": [0, 1]}, "empty c": {"model": "empty", "points": [2, 3]}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        board = sweep_leaderboard(results)
+        plot(results, tmp_path / "p.png")
+    assert board.tasks["t"]["empty c"] == 0.0 and board.tasks["t"]["good c"] > 0 and board.y_max["t"] == 90.0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

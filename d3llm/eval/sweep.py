@@ -339,7 +339,7 @@ def sweep_leaderboard(results: dict | Sequence[dict], *, name: str = "", **optio
     """
     import warnings
 
-    from d3llm.eval.aup_metric import FractionAccuracyWarning, check_points
+    from d3llm.eval.aup_metric import FractionAccuracyWarning
     from d3llm.eval.leaderboards import Leaderboard, averages, leaderboard
 
     runs = [results] if isinstance(results, dict) else list(results)
@@ -353,8 +353,8 @@ def sweep_leaderboard(results: dict | Sequence[dict], *, name: str = "", **optio
                  else Leaderboard(tasks={}, y_max={}, average={}, name=name))
         for task, curves in data.items():
             for method, pts in curves.items():
-                if method not in scored.get(task, {}):
-                    board.points.setdefault(task, {})[method] = check_points(pts, f"task {task!r}, curve {method!r}")
+                if method not in scored.get(task, {}):  # never integrated: a model that wrote nothing has TPF 0
+                    board.points.setdefault(task, {})[method] = [(float(tpf), float(y)) for tpf, y in pts]
     board.tasks = {task: {m: board.tasks.get(task, {}).get(m, 0.0) for m in curves} for task, curves in data.items()}
     board.y_max = {task: board.y_max.get(task, 0.0) for task in data}
     board.average = averages(board.tasks)
@@ -418,7 +418,7 @@ def plot(results: dict, path: str | os.PathLike) -> None:
         k = drawn.get(curve["model"], 0)
         drawn[curve["model"]] = k + 1
         ax.plot(*zip(*pts), marker="o", color=color, linestyle=styles[k % len(styles)], zorder=3, label=label)
-        if y_max <= 0:  # every accuracy of the sweep is 0: no area to shade
+        if not any(y > 0 for _, y in pts):  # no correct answer on this curve: no area to shade
             continue
         kept = within_floor(pts)
         (x1, y1), rest = kept[0], kept[1:]
