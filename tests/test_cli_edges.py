@@ -24,8 +24,8 @@ COMMANDS = list(_subcommands(build_parser()))
 
 def test_every_command_is_listed():
     names = {c[0] for c in COMMANDS}
-    assert {"aup", "chat", "demo", "eval", "generate", "info", "lm-eval", "models", "serve", "sweep", "train",
-            "trajectories"} <= names
+    assert {"aup", "chat", "demo", "eval", "generate", "info", "lm-eval", "models", "pipeline", "serve", "sweep",
+            "train", "trajectories"} <= names
     assert ("trajectories", "extract") in COMMANDS
 
 

@@ -153,3 +153,54 @@ def test_a_causal_model_is_one_autoregressive_point(tmp_path):
     assert ar[0]["params"]["max_new_tokens"] == 48 and ar[0]["nfe"] > 0
     assert sorted(results["curves"]) == ["arith-ar autoregressive (1 token/forward)", "arith-teacher multi_block",
                                          "arith-teacher vanilla (1 token/forward)"]
+
+
+def test_a_model_right_nowhere_scores_zero_without_a_fraction_warning(tmp_path, capsys):
+    """An untrained model (random weights: accuracy 0 at every point) scores AUP 0, alone or beside a model that
+    scores; a sweep's accuracies are percent, so no warning about fractions."""
+    import warnings
+
+    from d3llm.eval.aup_metric import FractionAccuracyWarning
+    from d3llm.eval.sweep import sweep_leaderboard
+    from distill_helpers import tiny_teacher
+
+    model = tiny_teacher(tmp_path)
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FractionAccuracyWarning)
+        assert main(["sweep", "--model", str(model), "--methods", "multi_block", "--thresholds", "0.5,2",
+                     "--limit", "3", "--batch-size", "3", "--max-new-tokens", "16", "--block-size", "8",
+                     "--out", str(out), "--no-progress"]) == 0
+        results = json.loads((out / "sweep.json").read_text())
+        assert {p["accuracy"] for p in results["points"]} == {0.0}
+        assert results["aup"]["y_max"] == 0 and set(results["aup"]["curves"].values()) == {0.0}
+        assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+        capsys.readouterr()
+        assert main(["aup", str(out / "sweep.json"), "--json"]) == 0
+        assert set(json.loads(capsys.readouterr().out)["tasks"]["arith:test"].values()) == {0.0}
+        # beside a curve that scores: the zero curve is 0 and y_max is the other curve's best
+        points = [{"tpf": 1.0, "accuracy": 60.0}, {"tpf": 4.0, "accuracy": 58.0}, {"tpf": 1.0, "accuracy": 0.0},
+                  {"tpf": 9.0, "accuracy": 0.0}]
+        board = sweep_leaderboard({"task": "t", "points": points,
+                                   "curves": {"good": {"points": [0, 1]}, "zero": {"points": [2, 3]}}})
+    assert board.tasks["t"]["zero"] == 0.0 and board.tasks["t"]["good"] == pytest.approx(aup(
+        [(1.0, 60.0), (4.0, 58.0)], 60.0)) and board.y_max["t"] == 60.0 and board.methods == ["good", "zero"]
+
+
+def test_a_model_that_writes_nothing_scores_zero_and_plots(tmp_path):
+    """An untrained model may end every answer at once: TPF 0 and accuracy 0 at every point. It scores 0 beside a
+    model that scores, and the plot draws it without a warning or an error (nothing to shade)."""
+    import warnings
+
+    from d3llm.eval.sweep import plot, sweep_leaderboard
+
+    points = [{"tpf": 0.7, "accuracy": 90.0}, {"tpf": 5.0, "accuracy": 88.0}, {"tpf": 0.0, "accuracy": 0.0},
+              {"tpf": 0.0, "accuracy": 0.0}]
+    results = {"task": "t", "n": 10, "metric": "strict", "models": {"good": {}, "empty": {}}, "points": points,
+               "curves": {"good c": {"model": "good", "points": [0, 1]}, "empty c": {"model": "empty", "points": [2, 3]}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        board = sweep_leaderboard(results)
+        plot(results, tmp_path / "p.png")
+    assert board.tasks["t"]["empty c"] == 0.0 and board.tasks["t"]["good c"] > 0 and board.y_max["t"] == 90.0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -36,15 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from d3llm.errors import ConfigError
     from d3llm.eval.leaderboards import leaderboard, read_leaderboard_yaml, reference_average
-    from d3llm.eval.sweep import read_sweep_results, sweep_leaderboard_data
+    from d3llm.eval.sweep import read_sweep_results, sweep_leaderboard
 
     if not args.results and not args.yaml:
         raise ConfigError("nothing to score: give sweep results (RESULTS.json) or --yaml FILE")
     options = dict(alpha=args.alpha, y_min_offset=args.y_min_offset)
     boards = [leaderboard(read_leaderboard_yaml(f), name=f, **options) for f in args.yaml]
     if args.results:
-        data = sweep_leaderboard_data([read_sweep_results(f) for f in args.results])
-        boards.append(leaderboard(data, name=", ".join(args.results), below_floor="drop", **options))
+        runs = [read_sweep_results(f) for f in args.results]
+        boards.append(sweep_leaderboard(runs, name=", ".join(args.results), **options))
     overall = reference_average(boards) if args.reference_exact else None
 
     if args.json:

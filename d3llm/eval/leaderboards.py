@@ -124,12 +124,16 @@ def leaderboard(data: LeaderboardData, *, alpha: float = 3.0, y_min_offset: floa
                 tasks[str(task)][method] = aup(pts, top, alpha=alpha, y_min_offset=y_min_offset)
             except AUPError as exc:
                 raise AUPError(f"{where}task {task!r}, method {method!r}: {exc}") from None
+    return Leaderboard(tasks=tasks, y_max=y_max, average=averages(tasks), points=points, dropped=dropped, name=name)
+
+
+def averages(tasks: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Each method's mean AUP over the tasks it has (``tasks``: ``{task: {method: AUP}}``)."""
     scores: dict[str, list[float]] = {}
     for per_method in tasks.values():
         for method, value in per_method.items():
             scores.setdefault(method, []).append(value)
-    average = {m: math.fsum(v) / len(v) for m, v in scores.items()}
-    return Leaderboard(tasks=tasks, y_max=y_max, average=average, points=points, dropped=dropped, name=name)
+    return {m: math.fsum(v) / len(v) for m, v in scores.items()}
 
 
 def reference_average(boards: Sequence[Leaderboard]) -> dict[str, float]:

@@ -367,12 +367,36 @@ def sweep_leaderboard_data(runs: Sequence[dict]) -> dict[str, dict[str, list[tup
     return data
 
 
-def sweep_leaderboard(results: dict | Sequence[dict]):
-    """The AUP leaderboard of sweep results (points below a curve's floor dropped)."""
-    from d3llm.eval.leaderboards import leaderboard
+def sweep_leaderboard(results: dict | Sequence[dict], *, name: str = "", **options):
+    """The AUP leaderboard of sweep results (points below a curve's floor dropped; ``options``: ``alpha``,
+    ``y_min_offset`` of :func:`d3llm.eval.leaderboard`).
+
+    A sweep's accuracies are percent by construction, so no :class:`~d3llm.eval.aup_metric.FractionAccuracyWarning`
+    is raised for low ones. A curve whose accuracy is 0 at every point (an untrained model) scores AUP 0: it has no
+    area, and it does not take part in ``y_max``; when every curve of a task is 0, ``y_max`` is 0 and so is every AUP.
+    """
+    import warnings
+
+    from d3llm.eval.aup_metric import FractionAccuracyWarning
+    from d3llm.eval.leaderboards import Leaderboard, averages, leaderboard
 
     runs = [results] if isinstance(results, dict) else list(results)
-    return leaderboard(sweep_leaderboard_data(runs), below_floor="drop")
+    data = sweep_leaderboard_data(runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FractionAccuracyWarning)
+        scored = {task: {m: pts for m, pts in curves.items() if any(y > 0 for _, y in pts)}
+                  for task, curves in data.items()}
+        scored = {task: curves for task, curves in scored.items() if curves}
+        board = (leaderboard(scored, below_floor="drop", name=name, **options) if scored
+                 else Leaderboard(tasks={}, y_max={}, average={}, name=name))
+        for task, curves in data.items():
+            for method, pts in curves.items():
+                if method not in scored.get(task, {}):  # never integrated: a model that wrote nothing has TPF 0
+                    board.points.setdefault(task, {})[method] = [(float(tpf), float(y)) for tpf, y in pts]
+    board.tasks = {task: {m: board.tasks.get(task, {}).get(m, 0.0) for m in curves} for task, curves in data.items()}
+    board.y_max = {task: board.y_max.get(task, 0.0) for task in data}
+    board.average = averages(board.tasks)
+    return board
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,6 +456,8 @@ def plot(results: dict, path: str | os.PathLike) -> None:
         k = drawn.get(curve["model"], 0)
         drawn[curve["model"]] = k + 1
         ax.plot(*zip(*pts), marker="o", color=color, linestyle=styles[k % len(styles)], zorder=3, label=label)
+        if not any(y > 0 for _, y in pts):  # no correct answer on this curve: no area to shade
+            continue
         kept = within_floor(pts)
         (x1, y1), rest = kept[0], kept[1:]
         xs = [0.0, x1, x1] + [x for x, _ in rest]   # the first rectangle is unweighted, the trapezoids weighted
