@@ -13,7 +13,8 @@ from d3llm import ConfigError
 from d3llm.cli.main import main
 from d3llm.models.prompts import encode_conversation, encode_prompt
 from d3llm.tasks import arith
-from d3llm.tasks.data import load_dataset, load_jsonl, parse_arith_spec, with_turns, write_jsonl
+from d3llm.tasks.arith import count_tokens
+from d3llm.tasks.data import ArithDataset, load_dataset, load_jsonl, parse_arith_spec, with_turns, write_jsonl
 from d3llm.tasks.tokenizer import build_tokenizer
 from d3llm.training.collate import Encoder
 from d3llm.training.loss import add_noise, draw_noise, masked_diffusion_loss
@@ -86,10 +87,15 @@ def test_dataset_spec_options_and_errors():
                        ("arith:test:color=red", "unknown option 'color'"), ("arith:test:turns", "not valid")]:
         with pytest.raises(ConfigError, match=match):
             load_dataset(bad)
-    with pytest.raises(ConfigError, match="materialised split"):
-        load_dataset("arith:train:steps=1")
+    with pytest.raises(ConfigError, match="cannot filter the endless training stream"):
+        ArithDataset("train", steps=(1,), unique=False)
     one_step = load_dataset("arith:test:steps=1", size=40)
     assert len(one_step) == 40 and all(e.answer.count("\n") == 1 for e in one_step)
+    assert one_step.max_answer_tokens == 14 and load_dataset("arith:test", size=2).max_answer_tokens == 47
+    train = load_dataset("arith:train:steps=1-2", size=50)  # a training split of few-step problems, materialised
+    assert len(train) == 50 and {e.answer.count("\n") for e in train} == {1, 2}
+    assert not {e.question for e in train} & {e.question for e in load_dataset("arith:test:steps=1-2", size=50)}
+    assert max(count_tokens(e.answer) for e in train) <= train.max_answer_tokens == 25
 
 
 def test_history_round_trips_through_jsonl(tmp_path):

@@ -48,6 +48,7 @@ MIN_VALUE, MAX_VALUE = 10, 99  # every number in a problem, given or computed, h
 SLOTS = 4                  # event sentences per question (steps, then irrelevant sentences)
 STEP_CHOICES = (2, 3, 4)   # steps of a problem, uniform, except ONE_STEP_SHARE of the problems that have one step
 ONE_STEP_SHARE = 0.15      # (drawn apart, so the two-to-four-step problem of every other index is unchanged)
+LINE_TOKENS = 11           # one solution line with its newline
 MAX_ANSWER_TOKENS = 47     # 4 lines of 11 tokens + "#### N"
 MAX_QUESTION_TOKENS = 58
 MAX_TURNS = 4              # questions in one conversation (three earlier turns, then the question)
@@ -160,16 +161,26 @@ def _check_split(split: str) -> None:
         raise ConfigError(f"unknown split {split!r} of the built-in task 'arith'; expected one of {list(SPLITS)}")
 
 
+def is_one_step(split: str, index: int, seed: int = 0) -> bool:
+    """Whether problem ``index`` of ``split`` has one step (a draw of its own: cheap, without the problem)."""
+    return random.Random(f"arith-steps:{seed}:{split}:{index}").random() < ONE_STEP_SHARE
+
+
 def make_problem(split: str, index: int, seed: int = 0) -> Problem:
     """Problem number ``index`` of ``split`` for ``seed``: a pure function of the three (random access)."""
     _check_split(split)
     if index < 0:
         raise ConfigError(f"problem index must be >= 0, got {index}")
     rng = random.Random(f"arith:{seed}:{split}:{index}")
-    one_step = random.Random(f"arith-steps:{seed}:{split}:{index}").random() < ONE_STEP_SHARE
-    skeleton, question, lines, target = _draw(rng, split, one_step)
+    skeleton, question, lines, target = _draw(rng, split, is_one_step(split, index, seed))
     return Problem(question=" ".join(question), answer="\n".join(lines) + f"\n#### {target}", target=target,
                    steps=len(lines), family="count", skeleton=skeleton, index=index, split=split)
+
+
+def max_answer_tokens(steps: int = max(STEP_CHOICES)) -> int:
+    """The most task-tokenizer tokens an answer of a problem with at most ``steps`` steps takes (``steps`` lines,
+    then ``#### N``)."""
+    return LINE_TOKENS * steps + 3
 
 
 def make_problems(split: str, n: int, seed: int = 0, start: int = 0) -> list[Problem]:

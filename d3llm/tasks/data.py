@@ -5,8 +5,9 @@ A dataset *spec* names one:
 * ``arith`` / ``arith:train`` / ``arith:test``: the built-in task (:mod:`d3llm.tasks.arith`); without a split,
   commands use ``train`` for training and ``test`` for evaluation. Options follow a third colon, comma-separated:
   ``turns=N`` (each example is a conversation of N questions: N - 1 earlier question/answer turns from the same
-  split, then the question; default 1) and ``steps=1`` or ``steps=1-2`` (held-out problems of those step counts
-  only), e.g. ``arith:test:turns=2`` or ``arith:test:steps=1``. The same held-out problems end every ``turns``
+  split, then the question; default 1) and ``steps=1`` or ``steps=1-2`` (the split's distinct problems of those
+  step counts only, materialised: about 390 held-out and 6,000 training problems of one step), e.g.
+  ``arith:test:turns=2``, ``arith:test:steps=1`` or ``arith:train:steps=1``. The same held-out problems end every ``turns``
   setting, so one-turn and two-turn accuracy are measured on the same last questions.
 * a path to a ``.jsonl`` file: one JSON object per line with string fields ``question`` and ``answer`` (GSM8K's
   layout: the answer ends with ``#### N``; otherwise its last number is the gold answer). Blank lines are skipped.
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from d3llm.errors import ConfigError
 from d3llm.files import decode_utf8
-from d3llm.tasks.arith import MAX_TURNS, SPLITS, make_conversation, make_problem
+from d3llm.tasks.arith import (MAX_TURNS, SPLITS, is_one_step, make_conversation, make_problem,
+                               max_answer_tokens)
 from d3llm.tasks.scoring import reference_answer
 
 DEFAULT_TEST_SIZE = 500
@@ -44,8 +46,9 @@ class ArithDataset:
     """``size`` problems of one split of the built-in task. Training items are generated on access (problem ``i``
     is a pure function of ``(seed, split, i)``, so the order is already random); ``unique=True`` (the default for
     ``test``) materialises ``size`` problems with distinct skeletons. ``turns``: questions per example (the earlier
-    ones answered in ``Example.history``); ``steps``: keep only problems with these step counts (materialised
-    splits only)."""
+    ones answered in ``Example.history``); ``steps``: keep only problems with these step counts (materialises the
+    split: every distinct problem of those step counts, ``size`` at most, in index order; a training split of
+    one-step problems holds about 6,000)."""
 
     iid = True
 
@@ -62,11 +65,11 @@ class ArithDataset:
         self.turns, self.steps = turns, steps
         self.name = f"arith:{split}" + _options_suffix(turns, steps)
         self._indices: list[int] | None = None
-        if unique if unique is not None else split == "test":
+        if unique if unique is not None else (split == "test" or steps is not None):
             self._indices = self._unique()
         elif steps is not None:
-            raise ConfigError("the 'steps' option of the built-in task selects held-out problems; it needs a "
-                              "materialised split (arith:test), not the endless training stream")
+            raise ConfigError("the 'steps' option of the built-in task materialises the split's distinct problems; "
+                              "it cannot filter the endless training stream (unique=False)")
 
     def _unique(self) -> list[int]:
         seen, indices, i, stale = set(), [], 0, 0
@@ -78,6 +81,9 @@ class ArithDataset:
                     break
                 raise ConfigError(f"{self.name}: only {len(indices)} distinct problems found in the first {limit:,} "
                                   f"of the split; ask for at most that many")
+            if self.steps is not None and not self._may_have(is_one_step(self.split, i, self.seed)):
+                i += 1  # the cheap draw already rules it out
+                continue
             p = make_problem(self.split, i, self.seed)
             i += 1
             if self.steps is not None and p.steps not in self.steps:
@@ -90,8 +96,17 @@ class ArithDataset:
             indices.append(p.index)
         return indices
 
+    def _may_have(self, one_step: bool) -> bool:
+        """Whether a problem with (or without) one step may have a step count this dataset keeps."""
+        return 1 in self.steps if one_step else max(self.steps) > 1
+
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def max_answer_tokens(self) -> int:
+        """The most task-tokenizer tokens one of this dataset's answers takes."""
+        return max_answer_tokens(max(self.steps) if self.steps else 4)
 
     def __getitem__(self, i: int) -> Example:
         return self.example(i)

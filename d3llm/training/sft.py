@@ -115,11 +115,9 @@ def _length_flag(cfg: TrainConfig) -> str:
 
 def _check_lengths(cfg: TrainConfig, encoder: Encoder, dataset, model, turns: Mix | None) -> None:
     """Fail at start, not at step 3000: every example of a file must fit; the built-in task has a known bound."""
-    from d3llm.tasks.arith import MAX_ANSWER_TOKENS
-
     max_len, canvas = model.config.max_length, cfg.canvas_mix()
     if getattr(dataset, "iid", False):
-        need = MAX_ANSWER_TOKENS + (1 if encoder.eot_id is not None else 0)
+        need = dataset.max_answer_tokens + (1 if encoder.eot_id is not None else 0)
         if canvas.values[-1] < need:
             raise ConfigError(f"{_length_flag(cfg)} is too short for the built-in task: its answers take up to "
                               f"{need} tokens with the end-of-turn token")
