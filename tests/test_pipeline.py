@@ -42,6 +42,7 @@ def test_micro_runs_every_stage_and_a_rerun_skips_them(tmp_path, micro, monkeypa
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "| teacher |" in report and "| student |" in report and "d3llm distill --teacher" in report
+    assert "Too few correct answers to compare" in report  # a 4-step teacher solves nothing
     record = json.loads((out / "pipeline.json").read_text())
     assert record["preset"] == "micro" and list(record["done"]) == ["teacher", "extract", "student", "sweep"]
     results = json.loads((out / "sweep" / "sweep.json").read_text())
@@ -133,3 +134,11 @@ def test_presets_run_the_existing_commands():
     assert "--out {out}/student --steps 1200 --batch-size 32 --lr 5e-4" in " ".join(default["student"].command)
     assert "--limit 2560 --gen-length 48" in " ".join(default["extract-t48"].command)
     assert presets.tiny("dream").stages[0].command[2] == "dream-small"
+
+
+def test_the_report_flags_too_few_correct_answers():
+    from d3llm.pipeline.report import too_few_correct
+
+    models = [{"model": "teacher", "best_accuracy": 19.0}, {"model": "student", "best_accuracy": 20.0}]
+    assert [m["model"] for m in too_few_correct(models, 100)] == ["teacher"]
+    assert too_few_correct(models, 500) == []  # 95 of 500 right is enough

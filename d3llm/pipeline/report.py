@@ -2,7 +2,8 @@
 
 Per stage its command and wall time; per swept model (the teacher and the student) its one-token-per-forward point
 and its best curve by AUP (the sweep's own scoring: ``y_max`` the best point of the sweep, points below a curve's
-floor not counted), and the student's AUP over the teacher's. Every point is in the sweep's ``sweep.md``, the
+floor not counted), the student's AUP over the teacher's, and a warning when a model answers fewer than
+:data:`FEW_CORRECT` problems at its best point (its AUP is noise then). Every point is in the sweep's ``sweep.md``, the
 curves in ``sweep.png``, the data in ``sweep.json``.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from d3llm.files import atomic_write_text
 from d3llm.pipeline.presets import Preset
 from d3llm.pipeline.record import Record
+
+FEW_CORRECT = 20  # fewer correct answers than this at a model's best point: its AUP is reported as noise
 
 
 def model_summary(results: dict, label: str) -> dict:
@@ -29,6 +32,11 @@ def model_summary(results: dict, label: str) -> dict:
     return {"model": label, "accuracy": anchor["accuracy"], "tpf": anchor["tpf"], "best_curve": best,
             "aup": scores[best], "best_accuracy": max(acc for _, acc in pts),
             "top_tpf": max(tpf for tpf, _ in kept)}
+
+
+def too_few_correct(models: list[dict], n: int) -> list[dict]:
+    """The model summaries whose best point answers fewer than :data:`FEW_CORRECT` of the ``n`` problems."""
+    return [m for m in models if m["best_accuracy"] * n / 100 < FEW_CORRECT]
 
 
 def write_report(preset: Preset, out: Path, record: Record, wall_s: float) -> dict:
@@ -66,6 +74,13 @@ def write_report(preset: Preset, out: Path, record: Record, wall_s: float) -> di
         lines += ["", f"Student AUP / teacher AUP: **{ratio:.2f}x**."]
     elif "teacher" in by_name:
         lines += ["", "The teacher's AUP is 0 (no point answered correctly), so there is no ratio."]
+    weak = too_few_correct(models, results["n"])
+    if weak:
+        names = ", ".join(f"the {m['model']} {m['best_accuracy']:.0f}%" for m in weak)
+        lines += ["", f"**Too few correct answers to compare**: at its best point {names} of {results['n']} "
+                      f"held-out problems (fewer than {FEW_CORRECT} answers right), so these AUPs and their ratio "
+                      f"are noise, not a measured speed-up. The `default` preset (the shipped models' recipe) trains a "
+                      f"teacher that solves the task."]
     lines += ["", f"Every point: `{folder / 'sweep.md'}`; the curves: `{folder / 'sweep.png'}`; the data: "
                   f"`{folder / 'sweep.json'}`."]
     text = "\n".join(lines) + "\n"
