@@ -2,6 +2,7 @@
 choice, one empty-prompt rule, the raw-text hint for chat models, warnings that name their own command."""
 
 import argparse
+import re
 import warnings
 
 import pytest
@@ -41,6 +42,9 @@ def test_shipped_names_resolve_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "--model", "student", "--limit", "4", "--no-progress", "--json"]) == 0
     assert '"n": 4' in capsys.readouterr().out
+    assert main(["eval", "--model", "student", "--limit", "2", "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # tokens per forward and positions forwarded per token
+    assert re.search(r"TPF \d+\.\d\d  \d+\.\d positions/token  ", line), line
     assert d3llm.load_model("ar").family == "llama"
     assert d3llm.load_tokenizer("teacher").mask_token_id is not None
     assert main(["info", "arith-student", "--json"]) == 0

@@ -70,6 +70,8 @@ def test_sweep_writes_points_table_and_plot(sweep_run):
         assert results["aup"]["curves"]["arith-teacher multi_block"] == pytest.approx(aup(pts, y_max))
     table = (sweep_run / "sweep.md").read_text()
     assert "| arith-teacher | vanilla (1 token/forward) |" in table and "arith-teacher multi_block no cache" in table
+    assert "| TPF | positions/token |" in table
+    assert all(p["positions_per_token"] >= 1 for p in points)  # every generated position is forwarded at least once
     png = (sweep_run / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"{summary['dataset']}  {summary['method']}  n={summary['n']}  strict {summary['strict']:.2f}%  "
-              f"flexible {summary['flexible']:.2f}%  TPF {summary['tpf']:.2f}  {summary['tokens_per_s']:.1f} tokens/s  "
+              f"flexible {summary['flexible']:.2f}%  TPF {summary['tpf']:.2f}  "
+              f"{summary['positions_per_token']:.1f} positions/token  {summary['tokens_per_s']:.1f} tokens/s  "
               f"(NFE {summary['nfe']}, {summary['wall_s']:.2f} s)")
     return 0

@@ -236,8 +236,8 @@ def _point(label: str, curve, method: str, threshold, result, metric: str) -> di
         "model": label, "curve": curve, "method": method, "threshold": threshold, "baseline": curve is None,
         "accuracy": round(result.strict if metric == "strict" else result.flexible, 4),
         "strict": round(result.strict, 4), "flexible": round(result.flexible, 4),
-        "tpf": round(result.tpf, 4), "tokens_per_s": round(result.tokens_per_s, 1),
-        "latency_p50_s": round(float(np.percentile(latencies, 50)), 4),
+        "tpf": round(result.tpf, 4), "positions_per_token": round(result.positions_per_token, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1), "latency_p50_s": round(float(np.percentile(latencies, 50)), 4),
         "latency_p99_s": round(float(np.percentile(latencies, 99)), 4),
         "nfe": result.nfe, "tokens": result.tokens, "n": result.n, "wall_s": round(result.wall_s, 3),
         "model_s": round(result.model_s, 3), "batch_size": result.batch_size, "params": result.params,
@@ -404,16 +404,19 @@ def sweep_leaderboard(results: dict | Sequence[dict], *, name: str = "", **optio
 # ---------------------------------------------------------------------------------------------------------------
 
 def markdown_table(results: dict) -> str:
-    """Every point (accuracy, TPF, tokens/s, latency, NFE), then the AUP of every curve."""
+    """Every point (accuracy, TPF, positions forwarded per token, tokens/s, latency, NFE), then the AUP of every
+    curve. Results written before positions were counted show "-" there."""
     metric = results["metric"]
     lines = [f"Task {results['task']}, {results['n']} problems per point, accuracy = {metric} exact match.", "",
-             "| model | curve | threshold | accuracy % | TPF | tokens/s | latency p50 / p99 (s) | NFE |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | curve | threshold | accuracy % | TPF | positions/token | tokens/s | latency p50 / p99 (s) "
+             "| NFE |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in results["points"]:
         method = f"{p['method']} (1 token/forward)" if p["baseline"] else p["curve"]
         threshold = "" if p["threshold"] is None else f"{p['threshold']:g}"
+        positions = p.get("positions_per_token") or 0
         lines.append(f"| {p['model']} | {method} | {threshold} | {p['accuracy']:.2f} | {p['tpf']:.2f} | "
-                     f"{p['tokens_per_s']:,.0f} | {p['latency_p50_s']:.3f} / {p['latency_p99_s']:.3f} | {p['nfe']} |")
+                     f"{f'{positions:.1f}' if positions else '-'} | {p['tokens_per_s']:,.0f} | {p['latency_p50_s']:.3f} / {p['latency_p99_s']:.3f} | {p['nfe']} |")
     board = sweep_leaderboard(results)
     lines += ["", "AUP of each curve (every curve starts at its model's one-token-per-forward point):", "",
               board.to_markdown()]

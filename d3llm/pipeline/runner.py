@@ -16,7 +16,6 @@ command; they are not settings of the run.
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from pathlib import Path
 
