@@ -72,7 +72,8 @@ class EvalResult:
     def summary(self) -> dict:
         return {"dataset": self.dataset, "method": self.method, "params": self.params, "n": self.n,
                 "strict": round(self.strict, 2), "flexible": round(self.flexible, 2), "tpf": round(self.tpf, 3),
-                "positions_per_token": round(self.positions_per_token, 2), "tokens_per_s": round(self.tokens_per_s, 1), "tokens": self.tokens, "nfe": self.nfe,
+                "positions_per_token": round(self.positions_per_token, 2), "tokens_per_s": round(self.tokens_per_s, 1),
+                "tokens": self.tokens, "nfe": self.nfe,
                 "wall_s": round(self.wall_s, 3), "model_s": round(self.model_s, 3), "batch_size": self.batch_size}
 
     def to_dict(self, records: bool = True) -> dict:
@@ -237,4 +238,5 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     return EvalResult(dataset=getattr(dataset, "name", "dataset"), method=last.method, params=last.params, n=n,
                       strict=s.strict, flexible=s.flexible, tokens=sum(len(t) for t in outputs), nfe=sum(nfes),
                       wall_s=sum(b.wall_s for b in batches), model_s=sum(b.model_s for b in batches),
-                      batch_size=batch_size, positions=sum(sum(b.positions) for b in batches), records=records, environment=environment(model))
+                      batch_size=batch_size, positions=sum(sum(b.positions) for b in batches), records=records,
+                      environment=environment(model))

@@ -416,7 +416,8 @@ def markdown_table(results: dict) -> str:
         threshold = "" if p["threshold"] is None else f"{p['threshold']:g}"
         positions = p.get("positions_per_token") or 0
         lines.append(f"| {p['model']} | {method} | {threshold} | {p['accuracy']:.2f} | {p['tpf']:.2f} | "
-                     f"{f'{positions:.1f}' if positions else '-'} | {p['tokens_per_s']:,.0f} | {p['latency_p50_s']:.3f} / {p['latency_p99_s']:.3f} | {p['nfe']} |")
+                     f"{f'{positions:.1f}' if positions else '-'} | {p['tokens_per_s']:,.0f} | "
+                     f"{p['latency_p50_s']:.3f} / {p['latency_p99_s']:.3f} | {p['nfe']} |")
     board = sweep_leaderboard(results)
     lines += ["", "AUP of each curve (every curve starts at its model's one-token-per-forward point):", "",
               board.to_markdown()]

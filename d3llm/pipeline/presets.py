@@ -71,7 +71,8 @@ class Preset:
 def _sweep_file(limit: int, gen: int, blocks: tuple[int, ...], thresholds: tuple[float, ...],
                 task: str = "arith") -> str:
     """The sweep's YAML: the one-token-per-forward point at blocks of 16 (or the canvas, when shorter), then one
-    ``multi_block`` curve without cache per block size (the distillation benchmark's settings: benchmarks/distill.py)."""
+    ``multi_block`` curve without cache per block size (the distillation benchmark's settings:
+    benchmarks/distill.py)."""
     import yaml
 
     methods = {f"multi_block B{b}": {"method": "multi_block", "block_size": b, "threshold": list(thresholds),

@@ -49,7 +49,8 @@ SLOTS = 4                  # event sentences per question (steps, then irrelevan
 STEP_CHOICES = (2, 3, 4)   # steps of a problem, uniform, except ONE_STEP_SHARE of the problems that have one step
 ONE_STEP_SHARE = 0.15      # (drawn apart, so the two-to-four-step problem of every other index is unchanged)
 LINE_TOKENS = 11           # one solution line with its newline
-MAX_ANSWER_TOKENS = 47     # 4 lines of 11 tokens + "#### N"
+FINAL_TOKENS = 3           # the closing "#### N" (N has two digits)
+MAX_ANSWER_TOKENS = LINE_TOKENS * max(STEP_CHOICES) + FINAL_TOKENS  # 47
 MAX_QUESTION_TOKENS = 58
 MAX_TURNS = 4              # questions in one conversation (three earlier turns, then the question)
 HISTORY_POOL = 10**9       # earlier turns of a conversation are problems of this index range of the split
@@ -180,7 +181,7 @@ def make_problem(split: str, index: int, seed: int = 0) -> Problem:
 def max_answer_tokens(steps: int = max(STEP_CHOICES)) -> int:
     """The most task-tokenizer tokens an answer of a problem with at most ``steps`` steps takes (``steps`` lines,
     then ``#### N``)."""
-    return LINE_TOKENS * steps + 3
+    return LINE_TOKENS * steps + FINAL_TOKENS
 
 
 def make_problems(split: str, n: int, seed: int = 0, start: int = 0) -> list[Problem]:

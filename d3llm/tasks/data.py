@@ -7,8 +7,8 @@ A dataset *spec* names one:
   ``turns=N`` (each example is a conversation of N questions: N - 1 earlier question/answer turns from the same
   split, then the question; default 1) and ``steps=1`` or ``steps=1-2`` (the split's distinct problems of those
   step counts only, materialised: about 390 held-out and 6,000 training problems of one step), e.g.
-  ``arith:test:turns=2``, ``arith:test:steps=1`` or ``arith:train:steps=1``. The same held-out problems end every ``turns``
-  setting, so one-turn and two-turn accuracy are measured on the same last questions.
+  ``arith:test:turns=2``, ``arith:test:steps=1`` or ``arith:train:steps=1``. The same held-out problems end every
+  ``turns`` setting, so one-turn and two-turn accuracy are measured on the same last questions.
 * a path to a ``.jsonl`` file: one JSON object per line with string fields ``question`` and ``answer`` (GSM8K's
   layout: the answer ends with ``#### N``; otherwise its last number is the gold answer). Blank lines are skipped.
 """
@@ -106,7 +106,7 @@ class ArithDataset:
     @property
     def max_answer_tokens(self) -> int:
         """The most task-tokenizer tokens one of this dataset's answers takes."""
-        return max_answer_tokens(max(self.steps) if self.steps else 4)
+        return max_answer_tokens(max(self.steps)) if self.steps else max_answer_tokens()
 
     def __getitem__(self, i: int) -> Example:
         return self.example(i)

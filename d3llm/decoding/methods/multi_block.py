@@ -100,7 +100,8 @@ class MultiBlockParams(Params):
 class MultiBlockState(MethodState):
     row_fields = {"created": False, "masks": 0, "full": False, "done_at": -1, "cached": False, "next_block": 2,
                   "cache_len": 0, "has_kv": False, "tail_kv": False, "nfe": 0, "any_mask": False, "eos_pos": -1,
-                  "eos_block_masks": 0, "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0, "first": 0,
+                  "eos_block_masks": 0, "masks_before_eos": 0, "canvas_masks": 0, "start": 0, "end": 0, "blocks": 0,
+                  "first": 0,
                   "eos": -1, "early_stop": False, "temperature": 0.0, "threshold": 0.0, "generators": None}
     step_fields = ("pos", "valid", "in_f", "suffix_due")
     created: np.ndarray  # [n, K] block exists (K = most blocks + 1, index 0 = prompt)
