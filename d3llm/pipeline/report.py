@@ -79,8 +79,8 @@ def write_report(preset: Preset, out: Path, record: Record, wall_s: float) -> di
         names = ", ".join(f"the {m['model']} {m['best_accuracy']:.0f}%" for m in weak)
         lines += ["", f"**Too few correct answers to compare**: at its best point {names} of {results['n']} "
                       f"held-out problems (fewer than {FEW_CORRECT} answers right), so these AUPs and their ratio "
-                      f"are noise, not a measured speed-up. The `default` preset (the shipped models' recipe) trains a "
-                      f"teacher that solves the task."]
+                      f"are noise, not a measured speed-up. The `default` preset repeats the shipped models' recipe, "
+                      f"whose teacher solves the task."]
     lines += ["", f"Every point: `{folder / 'sweep.md'}`; the curves: `{folder / 'sweep.png'}`; the data: "
                   f"`{folder / 'sweep.json'}`."]
     text = "\n".join(lines) + "\n"
