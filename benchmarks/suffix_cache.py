@@ -10,9 +10,9 @@ For every model and canvas length (``--lengths``, rounded up to whole blocks of 
   and its cost. Decoded in batches of ``--batch-size`` (a row decodes as it does alone);
 * **tokens/s at every ``--batches`` size** on the first ``--speed-limit`` problems, cached and suffix-cached (the
   default interval) one after the other in the same run, with the ratios measured there;
-* **AUP** of each model's curve over the entropy thresholds ``--thresholds`` with and without the suffix cache
-  (the model's one-token-per-forward point first, as in benchmarks/distill.py; ``y_max`` the best accuracy of
-  the run).
+* **AUP** at ``--curve-length`` new tokens of each model's curve over the entropy thresholds ``--thresholds`` for the same three settings (the
+  model's one-token-per-forward point first, as in benchmarks/distill.py; ``y_max`` the best accuracy of the run),
+  and a plot of those curves' accuracy against positions forwarded per token.
 
 Prints each figure as it is measured and a markdown summary; writes JSON stamped with hardware and versions.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,6 +37,17 @@ from d3llm.models.prompts import encode_prompt
 from d3llm.tasks.data import load_dataset
 
 CACHE = dict(cache_delay_iter=2, refresh_interval=3)  # the shipped teacher's cache settings
+LEAN = dict(suffix_cache=True, suffix_refresh_interval=None, refresh_interval=None)  # the cheapest accuracy-keeping
+SPEED = (("cached", {}), ("suffix", dict(suffix_cache=True)), ("suffix lean", LEAN))  # tokens/s and AUP curves
+
+
+def settings(intervals: list[int | None]) -> list[tuple[str, dict]]:
+    """The accuracy table's rows: the cached decoder (with and without its periodic refresh), the suffix cache at
+    every tail refresh interval, and the lean settings (no periodic refresh; then no refresh while a block waits)."""
+    rows = [("cached", {}), ("cached, no periodic refresh", dict(refresh_interval=None))]
+    rows += [(f"suffix, tail {'never' if r is None else f'every {r}'}", dict(suffix_cache=True, suffix_refresh_interval=r))
+             for r in intervals]
+    return rows + [("suffix lean", LEAN), ("suffix lean, no refresh while waiting", dict(LEAN, refresh_while_waiting=False))]
 
 
 def interval(text: str) -> int | None:
@@ -56,6 +68,32 @@ def throughput(model, prompts: list[list[int]], params: dict, batch: int) -> dic
     return {"batch": batch, "tokens_per_s": tokens / wall, "positions_per_token": positions / max(tokens, 1)}
 
 
+def plot(curves: list[dict], out) -> None:
+    """Accuracy against positions forwarded per token, one panel per model, one curve per cache setting (when
+    matplotlib is installed): ``out`` with the suffix ``.png``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    models = sorted({r["model"] for r in curves})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for label, _ in SPEED:
+            pts = sorted((r["positions_per_token"], r["strict"]) for r in curves
+                         if r["model"] == model and r["setting"] == f"curve {label}")
+            ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set(title=model, xlabel="positions forwarded per generated token", ylabel="exact match (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png = Path(out).with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="teacher,student", help="model names or folders, comma-separated")
@@ -65,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-limit", type=int, default=64, help="problems for tokens/s")
     ap.add_argument("--batches", default="1,8,32", help="batch sizes for tokens/s")
     ap.add_argument("--thresholds", default="0.05,0.1,0.2,0.5,1.0", help="entropy thresholds of the AUP curves")
+    ap.add_argument("--curve-length", type=int, default=128, help="new tokens of the AUP curves")
     ap.add_argument("--batch-size", type=int, default=32, help="batch of the accuracy runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=record_path, default="benchmarks/results/suffix_cache.json")
@@ -96,21 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         for n in lengths:
             gen = canvas(block, n)
             base = dict(max_new_tokens=gen, block_size=block, threshold=threshold, **CACHE)
-            run(base, "cached", accuracy, new_tokens=gen)
-            for r in intervals:
-                run(dict(base, suffix_cache=True, suffix_refresh_interval=r), f"suffix (refresh {r})", accuracy,
-                    new_tokens=gen)
+            for label, extra in settings(intervals):
+                run(dict(base, **extra), label, accuracy, new_tokens=gen)
             for b in batches:
-                for label, params in (("cached", base), ("suffix", dict(base, suffix_cache=True))):
-                    row = {"model": name, "new_tokens": gen, "setting": label, **throughput(model, prompts, params, b)}
+                for label, extra in SPEED:
+                    row = {"model": name, "new_tokens": gen, "setting": label,
+                           **throughput(model, prompts, dict(base, **extra), b)}
                     speed.append(row)
-                    print(f"{name:8s} {gen:4d} {label:8s} batch {b:3d}  {row['tokens_per_s']:8.1f} tokens/s", flush=True)
-        gen = canvas(block, lengths[-1])
+                    print(f"{name:8s} {gen:4d} {label:12s} batch {b:3d}  {row['tokens_per_s']:8.1f} tokens/s", flush=True)
+        gen = canvas(block, args.curve_length)
         one = run(dict(max_new_tokens=gen, block_size=block, steps=gen), "one token per forward", curves,
                   method="vanilla", new_tokens=gen)
-        for label, extra in (("cached", {}), ("suffix", dict(suffix_cache=True))):
+        for label, extra in SPEED:
             for h in thresholds:
-                params = dict(max_new_tokens=gen, block_size=block, threshold=h, **CACHE, **extra)
+                params = dict(dict(max_new_tokens=gen, block_size=block, threshold=h, **CACHE), **extra)
                 row = run(params, f"curve {label}", curves, new_tokens=gen, threshold=h)
                 row["one_token"] = (one["tpf"], one["strict"])
 
@@ -127,17 +165,20 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['model']} | {row['new_tokens']} | {row['setting']} | {row['strict']:.1f}% | "
                      f"{row['tpf']:.2f} | {row['positions_per_token']:.1f} | "
                      f"{ref['positions_per_token'] / row['positions_per_token']:.2f}x fewer |")
-    lines += ["", "| model | new tokens | batch | cached tokens/s | suffix tokens/s | suffix / cached |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| model | new tokens | batch | setting | tokens/s | vs cached | vs its batch 1 |",
+              "|---|---|---|---|---|---|---|"]
     for row in speed:
-        if row["setting"] == "suffix":
-            ref = next(r for r in speed if r["model"] == row["model"] and r["new_tokens"] == row["new_tokens"]
-                       and r["batch"] == row["batch"] and r["setting"] == "cached")
-            lines.append(f"| {row['model']} | {row['new_tokens']} | {row['batch']} | {ref['tokens_per_s']:,.0f} | "
-                         f"{row['tokens_per_s']:,.0f} | {row['tokens_per_s'] / ref['tokens_per_s']:.2f}x |")
+        def same(**key):
+            return next(r for r in speed if all(r[k] == row[k] for k in ("model", "new_tokens", "batch", "setting")
+                                                 if k not in key) and all(r[k] == v for k, v in key.items()))
+        cached, single = same(setting="cached"), same(batch=batches[0])
+        lines.append(f"| {row['model']} | {row['new_tokens']} | {row['batch']} | {row['setting']} | "
+                     f"{row['tokens_per_s']:,.0f} | {row['tokens_per_s'] / cached['tokens_per_s']:.2f}x | "
+                     f"{row['tokens_per_s'] / single['tokens_per_s']:.2f}x |")
     lines += ["", "| model | curve | AUP |", "|---|---|---|"]
     lines += [f"| {r['model']} | {r['curve']} | {r['aup']:.1f} |" for r in aup_rows]
     print("\n" + "\n".join(lines))
+    plot(curves, args.out)
     print(f"\nsuffix_refresh_interval default {SUFFIX_REFRESH_INTERVAL}; {time.perf_counter() - t0:.0f} s")
     write_record(args.out, {"argv": vars(args), "environment": env, "accuracy": accuracy, "speed": speed,
                             "curves": curves, "aup": aup_rows, "y_max": y_max, "markdown": "\n".join(lines),

@@ -20,7 +20,8 @@ SETTINGS = {
     "multi_block_kv_d1": ("multi_block", dict(MB, cache_delay_iter=1)),
     "multi_block_kv_d2_r3_es": ("multi_block", dict(MB, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
     "multi_block_kv_exact": ("multi_block", dict(MB, cache_delay_iter=1, refresh_interval=2, reference_exact=True)),
-    "multi_block_suffix": ("multi_block", dict(MB, cache_delay_iter=1, suffix_cache=True, suffix_refresh_interval=3)),
+    "multi_block_suffix": ("multi_block", dict(MB, cache_delay_iter=1, suffix_cache=True, suffix_refresh_interval=3,
+                                               refresh_while_waiting=False)),
     "multi_block_suffix_d2_r3_es": ("multi_block", dict(MB, cache_delay_iter=2, refresh_interval=3, early_stop=True,
                                                         suffix_cache=True, suffix_refresh_interval=None)),
 }

@@ -501,3 +501,28 @@ def test_bad_launch_settings_are_one_line_errors():
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("d3llm serve: error:") and words in lines[0], done.stderr
+
+
+def test_a_suffix_cached_server_answers_each_request_as_generate_alone(teacher):
+    """``d3llm serve --suffix-cache``: 8 concurrent streaming requests (two prompt shapes, three max_tokens) decoded
+    together equal ``d3llm.generate`` of each alone with the same cache, and the usage counts the same forwards."""
+    jobs = [(chat(QUESTIONS[k]) if k % 2 else chat(SHORT), (20, 48, 64)[k % 3]) for k in range(8)]
+    params = dict(suffix_cache=True, suffix_refresh_interval=2)
+    expected = [alone(teacher, m, t, **params) for m, t in jobs]
+    with launched_server(["--suffix-cache", "--suffix-refresh-interval", "2", "--max-batch", "8"]) as s:
+        api = openai.OpenAI(base_url=s.base_url, api_key="unused", timeout=TIMEOUT, max_retries=0)
+
+        def one(job):
+            messages, max_tokens = job
+            chunks = list(api.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens,
+                                                      temperature=0, stream=True,
+                                                      stream_options={"include_usage": True}))
+            return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices), chunks[-1].usage
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, jobs, timeout=120))
+    for (text, usage), (ref_text, n, nfe, reason, prompt) in zip(results, expected):
+        assert text == ref_text
+        assert usage.completion_tokens == n
+        if reason == "stop":
+            assert usage.model_extra["nfe"] == nfe

@@ -14,13 +14,13 @@ CACHED = dict(MB, cache_delay_iter=2, refresh_interval=3, early_stop=True)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("early_stop", [False, True])
-def test_tail_recomputed_every_step_equals_the_cached_decoder(trained_models, family, early_stop):
+@pytest.mark.parametrize("early_stop,waiting", [(False, True), (True, True), (False, False)])
+def test_tail_recomputed_every_step_equals_the_cached_decoder(trained_models, family, early_stop, waiting):
     """suffix_refresh_interval=1: every forward runs to the end, so tokens, trajectories, NFE and positions are the
-    cached decoder's exactly (the suffix bookkeeping changes nothing else)."""
+    cached decoder's exactly (the suffix bookkeeping changes nothing else), with either waiting rule."""
     model = trained_models[family]
     batch = prompts(6, seed=5)
-    params = dict(CACHED, early_stop=early_stop, max_new_tokens=GEN * 2)
+    params = dict(CACHED, early_stop=early_stop, refresh_while_waiting=waiting, max_new_tokens=GEN * 2)
     ref = generate(model, batch, "multi_block", **params)
     out = generate(model, batch, "multi_block", suffix_cache=True, suffix_refresh_interval=1, **params)
     assert out.sequences.tolist() == ref.sequences.tolist()
@@ -47,6 +47,23 @@ def test_a_stale_tail_forwards_fewer_positions(trained_models, family):
     assert sum(positions) == engine.stats.positions
     assert all(p < int(r) for p, r in zip(positions, ref.positions))
     assert ref.positions_per_token > 0
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_no_refresh_while_waiting_starts_forwards_at_the_cached_prefix(trained_models, family):
+    """refresh_while_waiting=False: a block waiting for the cache no longer makes the forward a full refresh, so the
+    cached decoder forwards fewer positions; with refresh_interval=1 every iteration is a refresh anyway and nothing
+    changes."""
+    model = trained_models[family]
+    batch = prompts(6, seed=11)
+    params = dict(CACHED, early_stop=False, refresh_interval=None, max_new_tokens=GEN * 2)
+    ref = generate(model, batch, "multi_block", **params)
+    out = generate(model, batch, "multi_block", refresh_while_waiting=False, **params)
+    assert int(out.positions.sum()) < int(ref.positions.sum())
+    every = dict(params, refresh_interval=1)
+    a = generate(model, batch, "multi_block", **every)
+    b = generate(model, batch, "multi_block", refresh_while_waiting=False, **every)
+    assert a.sequences.tolist() == b.sequences.tolist() and a.positions.tolist() == b.positions.tolist()
 
 
 def test_positions_count_what_each_forward_processes(trained_models):
@@ -82,6 +99,9 @@ def test_the_shipped_teacher_keeps_its_answers_with_a_suffix_cache():
     (dict(suffix_cache=True, cache_delay_iter=1, suffix_refresh_interval=0), "suffix_refresh_interval must be an "
                                                                              "integer from 1"),
     (dict(suffix_cache="yes", cache_delay_iter=1), "suffix_cache must be True or False, got 'yes'"),
+    (dict(refresh_while_waiting="no", cache_delay_iter=1), "refresh_while_waiting must be True or False, got 'no'"),
+    (dict(refresh_while_waiting=False, cache_delay_iter=1, reference_exact=True),
+     "refresh_while_waiting=False and reference_exact do not combine"),
     (dict(suffix_cache=True, cache_delay_iter=1, suffix_refresh_interval=2.5), "suffix_refresh_interval must be an "
                                                                                "integer"),
 ])
@@ -106,12 +126,13 @@ def test_the_folder_default_and_the_command_line_flag(tmp_path, capsys):
                 "Joe. Then Mia walks for a bit with her friend Joe. Then Mia walks for a bit with her friend Joe. How "
                 "many cards does Mia have now?")  # the README's question
     figures = {}
-    for flag in ("--suffix-cache", "--no-suffix-cache", None):
+    for flag in ("--suffix-cache", "--no-suffix-cache", None, "--no-refresh-while-waiting"):
         argv = ["generate", "--model", str(folder), "--chat", "--json", "--max-new-tokens", "128", question]
         assert main(argv + ([flag] if flag else [])) == 0
         out = json.loads(capsys.readouterr().out)
         figures[flag] = out
         assert out["params"]["suffix_cache"] is (flag != "--no-suffix-cache")
+        assert out["params"]["refresh_while_waiting"] is (flag != "--no-refresh-while-waiting")
     assert figures["--suffix-cache"]["positions_per_token"] == figures[None]["positions_per_token"]
     assert figures["--no-suffix-cache"]["positions_per_token"] > figures[None]["positions_per_token"]
     assert figures[None]["texts"] == figures["--no-suffix-cache"]["texts"]

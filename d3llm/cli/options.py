@@ -80,6 +80,10 @@ def add_decoder_flags(parser: argparse.ArgumentParser, method_flag: bool = True,
                        help="multi_block: stop at the first end-of-text")
     group.add_argument("--reference-exact", action="store_true", default=None,
                        help="multi_block: reproduce the reference's cache-branch order exactly")
+    group.add_argument("--refresh-while-waiting", action=argparse.BooleanOptionalAction, default=None,
+                       help="multi_block with a cache: a finished block waiting for the cache makes every forward a "
+                            "full refresh (the reference's rule; --no-refresh-while-waiting recomputes only the "
+                            "waiting blocks, after the cached prefix)")
     group.add_argument("--suffix-cache", action=argparse.BooleanOptionalAction, default=None,
                        help="multi_block with a cache: forward only the active blocks, the masked tail after them "
                             "from the cache")
@@ -128,7 +132,7 @@ def decoder_params(args: argparse.Namespace) -> dict:
     """The decoder parameters given on the command line."""
     params = {name: getattr(args, flag[2:].replace("-", "_")) for flag, (name, _, _) in DECODER_FLAGS.items()}
     params = {k: v for k, v in params.items() if v is not None}
-    for name in ("early_stop", "reference_exact", "suffix_cache"):
+    for name in ("early_stop", "reference_exact", "refresh_while_waiting", "suffix_cache"):
         if getattr(args, name, None) is not None:
             params[name] = getattr(args, name)
     return params

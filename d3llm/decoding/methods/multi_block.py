@@ -19,7 +19,9 @@ covers canvas columns ``[G + (b-1)B, G + bB)``. A created block that is not *ful
 
 Delayed KV cache (``cache_delay_iter`` = D, None = no cache): a finished block (prompt included) is appended to the
 prefix cache only D iterations after it was first seen finished; while a block waits ("stabilises") every forward
-is a full refresh whose logits are that step's logits; ``refresh_interval`` R makes every R-th iteration a refresh.
+is a full refresh whose logits are that step's logits (``refresh_while_waiting=False``: the forward starts at the
+cached prefix as usual, so the waiting blocks are recomputed in its slice and the prefix's keys and values are kept);
+``refresh_interval`` R makes every R-th iteration a refresh.
 Cached forwards still run from the end of the cached prefix to the end of the canvas, unless ``suffix_cache``:
 then a forward ends with the last active block and attends to the keys and values of the masked tail after it
 computed by an earlier forward; the tail is recomputed every ``suffix_refresh_interval`` iterations (see
@@ -71,6 +73,7 @@ class MultiBlockParams(Params):
     refresh_interval: int | None = None
     early_stop: bool = False
     reference_exact: bool = False
+    refresh_while_waiting: bool = True
     suffix_cache: bool = False
     suffix_refresh_interval: int | None = SUFFIX_REFRESH_INTERVAL
 
@@ -86,8 +89,11 @@ class MultiBlockParams(Params):
         self.check_int(method, "cache_delay_iter", self.cache_delay_iter, minimum=1, allow_none=True)
         self.check_int(method, "refresh_interval", self.refresh_interval, minimum=1, allow_none=True)
         self.check_int(method, "suffix_refresh_interval", self.suffix_refresh_interval, minimum=1, allow_none=True)
-        for name in ("early_stop", "reference_exact", "suffix_cache"):
+        for name in ("early_stop", "reference_exact", "refresh_while_waiting", "suffix_cache"):
             self.check_bool(method, name)
+        if not self.refresh_while_waiting and self.reference_exact:
+            raise GenerationError(f"{method}: refresh_while_waiting=False and reference_exact do not combine (the "
+                                  f"reference always refreshes while a block waits){self.label('refresh_while_waiting')}")
         if self.suffix_cache and self.cache_delay_iter is None:
             raise GenerationError(f"{method}: suffix_cache=True needs the delayed KV cache: set cache_delay_iter "
                                   f"(e.g. 2){self.label('suffix_cache')}")
@@ -350,7 +356,8 @@ class MultiBlock(DecodingMethod):
         if p.reference_exact:  # the reference appends against the (stale) prefix even when a refresh is due
             refresh = st.has_kv & (upd == 0) & (periodic | has_stab)
         else:  # a due periodic refresh takes precedence; its full forward also provides the appended blocks
-            refresh = st.has_kv & (periodic | (has_stab & (upd == 0)))
+            waiting = has_stab & (upd == 0) if p.refresh_while_waiting else False
+            refresh = st.has_kv & (periodic | waiting)
         cached_forward = ~refresh & (st.has_kv | (upd > 0))  # A (append) or B (read the cache)
         lead = 1 if self.family == "dream" else 0
         new_cache_len = st.cache_len + upd
