@@ -8,10 +8,11 @@ For every model and canvas length (``--lengths``, rounded up to whole blocks of 
   whose folder decodes without a cache) and the suffix-cached one at every ``--intervals`` value of
   ``suffix_refresh_interval`` (``none``: the tail is computed once): the trade-off between the tail's staleness
   and its cost. Decoded in batches of ``--batch-size`` (a row decodes as it does alone);
-* **tokens/s at every ``--batches`` size** on the first ``--speed-limit`` problems, cached and suffix-cached (the
-  default interval) one after the other in the same run, with the ratios measured there;
-* **AUP** at ``--curve-length`` new tokens of each model's curve over the entropy thresholds ``--thresholds`` for the same three settings (the
-  model's one-token-per-forward point first, as in benchmarks/distill.py; ``y_max`` the best accuracy of the run),
+* **tokens/s at every ``--batches`` size** on the first ``--speed-limit`` problems, cached, suffix-cached (the
+  default interval) and lean (no periodic refresh of prefix or tail), one after the other in the same run, with
+  the ratios measured there;
+* **AUP** at ``--curve-length`` new tokens of each model's curve over the entropy thresholds ``--thresholds``, for
+  the same three settings as the tokens/s (the model's one-token-per-forward point first, as in benchmarks/distill.py; ``y_max`` the best accuracy of the run),
   and a plot of those curves' accuracy against positions forwarded per token.
 
 Prints each figure as it is measured and a markdown summary; writes JSON stamped with hardware and versions.
@@ -45,9 +46,10 @@ def settings(intervals: list[int | None]) -> list[tuple[str, dict]]:
     """The accuracy table's rows: the cached decoder (with and without its periodic refresh), the suffix cache at
     every tail refresh interval, and the lean settings (no periodic refresh; then no refresh while a block waits)."""
     rows = [("cached", {}), ("cached, no periodic refresh", dict(refresh_interval=None))]
-    rows += [(f"suffix, tail {'never' if r is None else f'every {r}'}", dict(suffix_cache=True, suffix_refresh_interval=r))
-             for r in intervals]
-    return rows + [("suffix lean", LEAN), ("suffix lean, no refresh while waiting", dict(LEAN, refresh_while_waiting=False))]
+    rows += [(f"suffix, tail {'never' if r is None else f'every {r}'}",
+              dict(suffix_cache=True, suffix_refresh_interval=r)) for r in intervals]
+    return rows + [("suffix lean", LEAN),
+                   ("suffix lean, no refresh while waiting", dict(LEAN, refresh_while_waiting=False))]
 
 
 def interval(text: str) -> int | None:
