@@ -13,8 +13,8 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "lm_harness", "models", "pipeline", "serve",
-            "sweep", "train", "trajectories")
+COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "init", "lm_harness", "models", "pipeline",
+            "serve", "sweep", "train", "trajectories")
 
 
 def build_parser() -> argparse.ArgumentParser:

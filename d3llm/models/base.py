@@ -57,6 +57,32 @@ def skip_init() -> Iterator[None]:
         nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
+_INIT_CHUNK = 1 << 22  # float32 elements drawn at a time (16 MiB): a multiple of 16, see fill_normal_
+
+
+@torch.no_grad()
+def fill_normal_(tensor: torch.Tensor, generator: torch.Generator, std: float) -> torch.Tensor:
+    """Fill ``tensor`` in place with N(0, std) values drawn in float32 on the CPU from ``generator``.
+
+    The values equal ``(torch.randn(tensor.shape, generator=generator) * std).to(tensor.dtype)``, without that
+    full-size float32 temporary: they are drawn in chunks of :data:`_INIT_CHUNK` elements (CPU ``randn`` fills
+    blocks of 16 values, so chunks that are multiples of 16, with a tail of at least 16, draw the same stream).
+    A contiguous float32 CPU tensor is filled directly."""
+    if tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous():
+        torch.randn(tensor.shape, generator=generator, out=tensor.detach())
+        return tensor.mul_(std)
+    flat = tensor.view(-1)
+    n = flat.numel()
+    start = 0
+    while start < n:
+        stop = min(n, start + _INIT_CHUNK)
+        if n - stop < 16:  # never leave a tail shorter than one block of 16
+            stop = n
+        flat[start:stop].copy_(torch.randn(stop - start, generator=generator).mul_(std))
+        start = stop
+    return tensor
+
+
 class DiffusionLM(nn.Module):
     """Base class of every native model (LLaDA, Dream, and the causal Llama baseline): forward planning, cache
     bookkeeping and initialisation.
@@ -117,21 +143,29 @@ class DiffusionLM(nn.Module):
     # -- initialisation --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, seed: int | None = None) -> "DiffusionLM":
-        """Random initialisation: N(0, std) for embeddings and projections, residual output projections scaled by
-        1/sqrt(2 * layers) (GPT-2), zero biases, unit norms."""
+        """Random initialisation in place, in the parameters' own dtype and device: N(0, std) for embeddings and
+        projections, residual output projections scaled by 1/sqrt(2 * layers) (GPT-2), zero biases, unit norms.
+
+        Values are drawn on the CPU in float32 from one generator, parameter by parameter in registration order
+        (:meth:`init_parameter_`), so they do not depend on the dtype or device the model was built in, and a
+        writer that initialises tensor by tensor in the same order (``d3llm init``) produces the same weights."""
         gen = torch.Generator(device="cpu")
         gen.manual_seed(0 if seed is None else seed)
-        residual_std = std / (2 * self.config.num_layers) ** 0.5
         for name, param in self.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif param.ndim == 1:
-                param.fill_(1.0)
-            else:
-                leaf = name.rsplit(".", 2)[-2]
-                s = residual_std if leaf in self.residual_projections else std
-                param.copy_(torch.randn(param.shape, generator=gen) * s)
+            self.init_parameter_(name, param, gen, std=std, seed=seed)
         return self
+
+    def init_parameter_(self, name: str, tensor: torch.Tensor, generator: torch.Generator, *, std: float,
+                        seed: int | None) -> None:
+        """Initialise one tensor (the parameter ``name``, or a stand-in of its shape) in place."""
+        if name.endswith("bias"):
+            tensor.zero_()
+        elif tensor.ndim == 1:
+            tensor.fill_(1.0)
+        else:
+            leaf = name.rsplit(".", 2)[-2]
+            residual = leaf in self.residual_projections
+            fill_normal_(tensor, generator, std / (2 * self.config.num_layers) ** 0.5 if residual else std)
 
     residual_projections: tuple[str, ...] = ()
 

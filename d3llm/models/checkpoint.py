@@ -59,7 +59,9 @@ def build_model(config: ModelConfig | str, *, seed: int | None = 0, device=None,
     """A randomly initialised model from a config object or a named config (``"llada-tiny"``, ``"dream-tiny"``...).
 
     ``overrides`` change fields of a named config (e.g. ``vocab_size=300``). ``device`` defaults to CPU here
-    (random models are for tests and training from scratch), ``dtype`` to float32.
+    (random models are for tests and training from scratch), ``dtype`` to float32. The model is allocated once,
+    directly in ``dtype`` on ``device``, and initialised in place (:meth:`DiffusionLM.init_weights`): peak memory is
+    the model's own size, and the weights equal those of a float32 build cast to ``dtype``.
     """
     from d3llm.models.configs import named_config
 
@@ -67,11 +69,11 @@ def build_model(config: ModelConfig | str, *, seed: int | None = 0, device=None,
         config = named_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    with skip_init():  # init_weights sets every parameter
-        model = MODEL_CLASSES[config.family](config)
-    model.init_weights(seed=seed)
     dev = resolve_device(device) if device is not None else torch.device("cpu")
-    return model.to(device=dev, dtype=resolve_dtype(dtype) or torch.float32).eval()
+    with torch.device("meta"), skip_init():  # built without storage, then allocated once in the target dtype
+        model = MODEL_CLASSES[config.family](config)
+    model = model.to(dtype=resolve_dtype(dtype) or torch.float32).to_empty(device=dev)
+    return model.init_weights(seed=seed).eval()  # in place: no float32 copy of a bf16 model, no second copy
 
 
 def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -231,6 +233,34 @@ def _iter_tensors(fmt: str, files: dict[str, Path], device: torch.device) -> Ite
                 yield name, tensor, file
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (CUDA: free device memory; CPU: Linux ``MemAvailable``),
+    or None where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_conversion_fits(folder: Path, nbytes: int, target: torch.dtype, stored: torch.dtype | None,
+                           device: torch.device) -> None:
+    """Refuse, before converting anything, a dtype conversion whose result cannot fit in ``device``'s memory."""
+    available = available_memory(device)
+    if available is not None and nbytes > available:
+        raise CheckpointError(
+            f"{folder}: the weights converted to {_DTYPE_NAMES.get(target, target)} need {nbytes / 2**30:.1f} GiB "
+            f"on {device}, and only {available / 2**30:.1f} GiB is available; load them in their stored dtype "
+            f"({_DTYPE_NAMES.get(stored, stored)}: dtype=None, or --dtype {_DTYPE_NAMES.get(stored, stored)}) or "
+            f"free memory"
+        )
+
+
 def _shape_hint(config: ModelConfig) -> str:
     c = config
     return (f"hidden {c.hidden_size}, layers {c.num_layers}, heads {c.num_heads}/{c.num_kv_heads}, "
@@ -298,9 +328,15 @@ def load_model(path: str | os.PathLike, device=None, dtype=None, *, strict: bool
         )
 
     target = want_dtype or stored_dtype or torch.float32
+    converted = sum(t.numel() * target.itemsize for t in state.values() if t.dtype != target)
+    if converted:
+        _check_conversion_fits(folder, converted, target, stored_dtype, dev)
+    for name in list(state):  # tensor by tensor, dropping each source: the peak is the converted copy, not both
+        if state[name].dtype != target:
+            state[name] = state[name].to(target)
     with torch.device("meta"), skip_init():
         model = MODEL_CLASSES[config.family](config)
-    model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
+    model.load_state_dict(state, strict=True, assign=True)
     model.source_dir = str(folder)
     model.generation_config = GenerationConfig.load(folder)
     return model.eval()
@@ -346,52 +382,76 @@ def save_model(
         raise CheckpointError(f"cannot save into '{folder}': it is a file")
     make_folder(folder)
     store_dtype = resolve_dtype(dtype) or model.dtype
-    state = {k: v.detach().to("cpu", store_dtype).contiguous() for k, v in model.state_dict().items()}
     config_dict = model.config.to_dict()
     config_dict["torch_dtype"] = _DTYPE_NAMES[store_dtype]
 
-    limit = _parse_size(max_shard_size)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name in sorted(state):
-        nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and size + nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][name] = state[name]
-        size += nbytes
-    metadata = {"format": "pt"}
-    old_files = set(p.name for p in folder.glob("model*.safetensors")) | {SAFE_INDEX}
-    written: set[str] = set()
-    if len(shards) == 1:
-        atomic_write(folder / SAFE_WEIGHTS, lambda p: save_file(shards[0], str(p), metadata=metadata))
-        written.add(SAFE_WEIGHTS)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, start=1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            atomic_write(folder / name, lambda p, s=shard: save_file(s, str(p), metadata=metadata))
-            written.add(name)
-            weight_map.update({k: name for k in shard})
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        atomic_write_text(folder / SAFE_INDEX, json.dumps({"metadata": {"total_size": total},
-                                                           "weight_map": weight_map}, indent=2) + "\n")
-        written.add(SAFE_INDEX)
-    for stale in old_files - written:  # weights of an earlier save in another layout
-        (folder / stale).unlink(missing_ok=True)
+    state = model.state_dict()
+    sizes = {k: v.numel() * store_dtype.itemsize for k, v in state.items()}
+    shards = plan_shards([(k, sizes[k]) for k in sorted(sizes)], _parse_size(max_shard_size))
 
+    def write_shard(file: Path, names: list[str]) -> None:  # converted shard by shard, not the whole model at once
+        save_file({k: state[k].detach().to("cpu", store_dtype).contiguous() for k in names}, str(file),
+                  metadata={"format": "pt"})
+
+    write_weights(folder, shards, write_shard, total_size=sum(sizes.values()))
     _save_tokenizer(model, folder, tokenizer)
     generation = generation_config if generation_config is not None else getattr(model, "generation_config", None)
     if isinstance(generation, dict):
         generation = GenerationConfig.from_dict(generation)
     if generation is not None:
         generation.save(folder)
-    elif isinstance(model.config, (DreamConfig, LlamaConfig)) and not (folder / GENERATION_CONFIG_NAME).exists():
-        gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
-               "pad_token_id": model.config.pad_token_id, "mask_token_id": model.config.mask_token_id}
-        atomic_write_text(folder / GENERATION_CONFIG_NAME, json.dumps(gen, indent=2) + "\n")
+    else:
+        write_default_generation_config(model.config, folder)
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config_dict, indent=2) + "\n")  # last: marks completion
     return folder
+
+
+def write_default_generation_config(config: ModelConfig, folder: Path) -> None:
+    """For Dream and Llama folders without one: the ``generation_config.json`` of their special ids (transformers'
+    layout, where Dream keeps the end-of-text id that early stop uses)."""
+    if isinstance(config, (DreamConfig, LlamaConfig)) and not (folder / GENERATION_CONFIG_NAME).exists():
+        gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+               "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id}
+        atomic_write_text(folder / GENERATION_CONFIG_NAME, json.dumps(gen, indent=2) + "\n")
+
+
+def plan_shards(sizes: list[tuple[str, int]], limit: int) -> list[list[str]]:
+    """Split ``(name, bytes)`` pairs, in the given order, into consecutive shards of at most ``limit`` bytes each
+    (a tensor larger than ``limit`` gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, nbytes in sizes:
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def shard_file_names(shards: list[list[str]]) -> list[str]:
+    """``model.safetensors`` for one shard, else ``model-0000i-of-0000n.safetensors`` (the Hugging Face names)."""
+    if len(shards) == 1:
+        return [SAFE_WEIGHTS]
+    return [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+
+
+def write_weights(folder: Path, shards: list[list[str]], write_shard, *, total_size: int) -> None:
+    """Write the weight files of ``folder``: ``write_shard(tmp_path, names)`` writes one shard (atomically renamed
+    into place), then the index for several shards; weight files of an earlier save in another layout are removed.
+    The caller writes ``config.json`` last, which marks the folder complete."""
+    old_files = {p.name for p in folder.glob("model*.safetensors")} | {SAFE_INDEX}
+    names = shard_file_names(shards)
+    for file, shard in zip(names, shards):
+        atomic_write(folder / file, lambda p, s=shard: write_shard(p, s))
+    written = set(names)
+    if len(shards) > 1:
+        weight_map = {k: file for file, shard in zip(names, shards) for k in shard}
+        atomic_write_text(folder / SAFE_INDEX, json.dumps({"metadata": {"total_size": total_size},
+                                                           "weight_map": weight_map}, indent=2) + "\n")
+        written.add(SAFE_INDEX)
+    for stale in old_files - written:
+        (folder / stale).unlink(missing_ok=True)
 
 
 def _save_tokenizer(model: DiffusionLM, folder: Path, tokenizer: Any) -> None:

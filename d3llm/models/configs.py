@@ -604,6 +604,19 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
                         num_key_value_heads=4, intermediate_size=384, vocab_size=256, max_position_embeddings=1024),
 }
 
+# The public checkpoints' shapes (SPEC 2.1 and 2.5): random weights in these layouts (``d3llm init``) test
+# infrastructure at real scale, and a real folder's config.json loads into the same config. The d3LLM checkpoints
+# (d3LLM_LLaDA, d3LLM_Dream) share these layouts.
+_LLADA_8B = dict(family="llada", d_model=4096, n_layers=32, n_heads=32, mlp_hidden_size=12288, vocab_size=126464,
+                 max_sequence_length=4096, mask_token_id=126336, eos_token_id=126081)
+_DREAM_7B = dict(family="dream", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, intermediate_size=18944, vocab_size=152064, max_position_embeddings=131072,
+                 mask_token_id=151666, eos_token_id=151643, torch_dtype="bfloat16")
+NAMED_CONFIGS.update({
+    "llada-8b-instruct": _LLADA_8B, "d3llm-llada": _LLADA_8B,
+    "dream-7b-instruct": _DREAM_7B, "d3llm-dream": _DREAM_7B,
+})
+
 CONFIG_BUILDERS = {"llada": llada_config, "dream": dream_config, "llama": llama_config}
 
 

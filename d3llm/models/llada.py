@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from d3llm.models.base import DiffusionLM
+from d3llm.models.base import DiffusionLM, fill_normal_
 from d3llm.models.configs import LLaDAConfig
 from d3llm.models.layers import AttentionPlan, RMSNorm, attention
 
@@ -90,11 +90,12 @@ class LLaDALM(DiffusionLM):
     def head_at(self, hidden: torch.Tensor, index: torch.Tensor, plan) -> torch.Tensor:
         return self.head(hidden.index_select(0, index), plan)  # no logit shift: position i scores token i
 
-    @torch.no_grad()
-    def init_weights(self, std: float = 0.02, seed: int | None = None) -> "LLaDALM":
-        super().init_weights(std, seed)
-        if not self.config.weight_tying:  # the LM head shares its leaf name with the MLP output: undo the scaling
-            gen = torch.Generator().manual_seed((0 if seed is None else seed) + 1)
-            head = self.model.transformer.ff_out.weight
-            head.copy_(torch.randn(head.shape, generator=gen) * std)
-        return self
+    def init_parameter_(self, name: str, tensor: torch.Tensor, generator: torch.Generator, *, std: float,
+                        seed: int | None) -> None:
+        # The LM head shares its leaf name ("ff_out") with the MLP output projections but is not a residual
+        # projection: it gets plain N(0, std) values from a generator of its own (seed + 1). It is the last
+        # parameter, so it leaves the shared generator's stream for the others unchanged.
+        if name == "model.transformer.ff_out.weight":
+            fill_normal_(tensor, torch.Generator().manual_seed((0 if seed is None else seed) + 1), std)
+        else:
+            super().init_parameter_(name, tensor, generator, std=std, seed=seed)
