@@ -15,9 +15,10 @@ against its cached prefix, a third everything after its cache. A packed forward 
 
 Exactness: a row's result does not depend on the rows packed with it. Every kernel computes a token's row
 independently of the other rows of the same call (elementwise ops, row-wise norms and softmax, per-row attention
-calls) except one corner of CPU GEMM: MKL's kernels for matrices of 1-3 rows round differently from the kernels used
-for 4 and more (measured on this project's machines: results are bit-identical across M >= 4 and differ for
-M < 4). A packed forward therefore pads its token axis, and the head its gathered positions, to at least
+calls) except one corner of CPU GEMM: MKL's kernels for matrices of few rows round differently from the kernels used
+for taller ones. Measured with this project's torch build: on AVX2 machines results are bit-identical across M >= 4
+and differ for M < 4; on AVX-512 machines rows differ up to M = 15 at inner widths 192-1024 (and 5 at 128). A packed
+forward therefore pads its token axis, and the head its gathered positions, to at least
 :data:`MIN_ROWS` entries, so a row forwarded alone meets the same kernels as in a batch. (GPU GEMMs may choose
 kernels by shape too; the engine's exactness tests run on the CPU.)
 """
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from d3llm.cache.kv_cache import KVCache
 
-MIN_ROWS = 4  # smallest matmul height whose per-row results match every larger one (CPU GEMM)
+MIN_ROWS = 16  # smallest matmul height whose per-row results match every larger one (CPU GEMM; see above)
 
 
 @dataclass
