@@ -171,9 +171,16 @@ def dream_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
-    """numpy copies of device tensors (one synchronisation; views on the CPU). bfloat16, which numpy lacks, comes
-    back as float32 (exactly: every bfloat16 value is a float32 value, so orders and ties are kept)."""
-    return [(t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy() for t in tensors]
+    """numpy copies of device tensors, with one synchronisation for all of them (views on the CPU): the step's
+    only device-to-host transfer. On CUDA every copy is queued without blocking (into pinned memory) and the
+    stream is synchronised once. bfloat16, which numpy lacks, comes back as float32 (exactly: every bfloat16 value
+    is a float32 value, so orders and ties are kept)."""
+    wide = [t.float() if t.dtype == torch.bfloat16 else t for t in tensors]
+    if not any(t.device.type == "cuda" for t in wide):
+        return [t.cpu().numpy() for t in wide]
+    host = [t.to("cpu", non_blocking=True) for t in wide]
+    torch.cuda.current_stream(next(t.device for t in wide if t.device.type == "cuda")).synchronize()
+    return [t.numpy() for t in host]
 
 
 # -- commit rules (host) ------------------------------------------------------------------------------------------

@@ -114,15 +114,16 @@ class DreamVanilla(DecodingMethod):
         if not p.alg_temp:
             score, tokens = rules.to_host(score, tokens)
             return Commit(rules.commit_quota(score, cand, count), tokens, positions=pos)
-        transfer = np.zeros_like(cand)
         cand_t = torch.from_numpy(cand).to(logits.device)
+        transfer = torch.zeros_like(cand_t)  # on the device: the picks reach the host with the tokens, in one copy
         for i in np.flatnonzero(count > 0):  # positions sampled from softmax(score / alg_temp), per row
             w = int(width[i])
             weights = torch.softmax(torch.where(cand_t[i : i + 1, :w], score[i : i + 1, :w], -rules.INF).float()
                                     / p.alg_temp, dim=-1)
             picks = torch.multinomial(weights, int(count[i]), generator=state.generators[i])
-            transfer[i, picks[0].cpu().numpy()] = True
-        return Commit(transfer & cand, rules.to_host(tokens)[0], positions=pos)
+            transfer[i, picks[0]] = True
+        transfer, tokens = rules.to_host(transfer, tokens)
+        return Commit(transfer & cand, tokens, positions=pos)
 
     def update(self, canvas: Canvas, state: DreamVanillaState, commit: Commit) -> None:
         state.step += 1
