@@ -6,6 +6,7 @@ import torch
 
 import d3llm
 
+# Every method and cache mode on the tiny models at 16 new tokens (also the host-sync test's list).
 SETTINGS = [
     ("vanilla", dict(steps=16, block_size=8)),
     ("block_entropy", dict(steps=16, threshold=0.5, block_size=8)),
@@ -14,8 +15,17 @@ SETTINGS = [
     ("fast_dllm", dict(steps=16, cache="dual", block_size=8)),
     ("multi_block", dict(threshold=0.5, block_size=8)),
     ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
+    ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, suffix_cache=True, early_stop=True)),
 ]
 DREAM_VANILLA = [("vanilla", dict(steps=16, alg=alg)) for alg in ("origin", "maskgit_plus", "topk_margin", "entropy")]
+DREAM_VANILLA.append(("vanilla", dict(steps=16, alg="entropy", alg_temp=0.5)))
+
+
+def settings_for(family: str) -> list[tuple[str, dict]]:
+    """SETTINGS for a LLaDA model; for Dream, its own vanilla (every ``alg``) in place of LLaDA's."""
+    return SETTINGS if family.startswith("llada") else [s for s in SETTINGS if s[0] != "vanilla"] + DREAM_VANILLA
+
+
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7]]
 
 
@@ -23,8 +33,7 @@ PROMPTS = [[1, 2, 3, 4, 5], [6, 7]]
 @pytest.mark.parametrize("family", ["llada-tiny", "dream-tiny"])
 def test_every_decoder_runs_in_half_precision(family, dtype):
     model = d3llm.build_model(family, seed=1).to(dtype)
-    settings = SETTINGS if family.startswith("llada") else [s for s in SETTINGS if s[0] != "vanilla"] + DREAM_VANILLA
-    for method, params in settings:
+    for method, params in settings_for(family):
         together = d3llm.generate(model, PROMPTS, method, max_new_tokens=16, seed=0, **params)
         assert (together.generated != model.config.mask_token_id).all(), (method, params)
         for i, prompt in enumerate(PROMPTS):

@@ -5,8 +5,9 @@ not serialised by hidden syncs.
 
 The test runs on the CPU, where host and device tensors look alike; a ``TorchFunctionMode`` counts every call that
 reads a tensor's values on the host, except host-to-device copies of host arrays (tensors made by
-``torch.from_numpy``, tracked by identity; ``torch.from_numpy`` is wrapped for that, as modes do not see it) and the calls inside ``to_host`` itself. Admission (a request's first
-step) builds host tables by design and is not counted: the counted steps are those after every row is admitted.
+``torch.from_numpy``, tracked by identity: the function is wrapped, as modes do not see it) and the calls inside
+``to_host`` itself. Admission (a request's first step) builds host tables by design and is not counted: the counted
+steps are those after every row is admitted.
 """
 
 import weakref
@@ -18,22 +19,9 @@ from torch.overrides import TorchFunctionMode
 import d3llm
 from d3llm.decoding import rules
 from d3llm.decoding.engine import Engine
+from test_decoding_dtypes import settings_for
 
 READS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__array__", "__len__"}
-
-SETTINGS = [
-    ("vanilla", dict(steps=16, block_size=8)),
-    ("block_entropy", dict(steps=16, threshold=0.5, block_size=8)),
-    ("fast_dllm", dict(steps=16, cache="none", block_size=8)),
-    ("fast_dllm", dict(steps=16, cache="prefix", block_size=8)),
-    ("fast_dllm", dict(steps=16, cache="dual", block_size=8)),
-    ("multi_block", dict(threshold=0.5, block_size=8)),
-    ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
-    ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, suffix_cache=True, early_stop=True)),
-]
-DREAM_VANILLA = [("vanilla", dict(steps=16, alg=alg)) for alg in ("origin", "maskgit_plus", "topk_margin", "entropy")]
-DREAM_VANILLA.append(("vanilla", dict(steps=16, alg="entropy", alg_temp=0.5)))
-
 
 class HostReads(TorchFunctionMode):
     """Counts tensor reads on the host outside ``to_host``, and ``to_host`` calls."""
@@ -48,7 +36,8 @@ class HostReads(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
-        if not self.inside and args and isinstance(args[0], torch.Tensor) and self.host_made.get(id(args[0])) is not args[0]:
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if not self.inside and source is not None and self.host_made.get(id(source)) is not source:
             target = [a for a in (*args[1:], *(kwargs or {}).values()) if isinstance(a, (str, torch.device))]
             if name in READS or (name == "to" and any(torch.device(t).type == "cpu" for t in target)):
                 import traceback
@@ -92,8 +81,7 @@ def counting_steps(engine: Engine, monkeypatch) -> list[HostReads]:
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_one_host_transfer_per_step(family, temperature, monkeypatch):
     model = d3llm.build_model(family, seed=1)
-    settings = SETTINGS if family.startswith("llada") else SETTINGS[1:] + DREAM_VANILLA
-    for method, params in settings:
+    for method, params in settings_for(family):
         engine = Engine(model, method, temperature=temperature, **params)
         engine.add_request([1, 2, 3, 4, 5], max_new_tokens=16, seed=0)
         engine.add_request([6, 7], max_new_tokens=16, seed=1)

@@ -39,17 +39,16 @@ def run(args: argparse.Namespace) -> int:
     config = named_config(args.config)
     print(f"writing a random {args.config} ({count_parameters(config) / 1e9:.2f}B parameters, {args.dtype}) "
           f"to {args.out}", file=sys.stderr)
-    if sys.stderr.isatty():
+    write = dict(seed=args.seed, dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    if not sys.stderr.isatty():
+        folder = init_checkpoint(args.config, args.out, **write)
+    else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                       transient=True) as bar:
             task = bar.add_task("init", total=None)
-            folder = init_checkpoint(args.config, args.out, seed=args.seed, dtype=args.dtype,
-                                     max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+            folder = init_checkpoint(args.config, args.out, **write,
                                      progress=lambda done, total, name: bar.update(task, completed=done, total=total))
-    else:
-        folder = init_checkpoint(args.config, args.out, seed=args.seed, dtype=args.dtype,
-                                 max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     print(f"wrote {folder} (random weights and a placeholder tokenizer: see {folder / 'README.md'})")
     return 0

@@ -17,6 +17,7 @@ length, a JSON header of dtype/shape/offsets, then the raw little-endian data); 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import BinaryIO
 import torch
 
 from d3llm.errors import CheckpointError
-from d3llm.files import atomic_write_text, make_folder
+from d3llm.files import atomic_write, atomic_write_text, make_folder
 from d3llm.models.base import resolve_dtype, skip_init
 from d3llm.models.checkpoint import (
     CONFIG_NAME, MODEL_CLASSES, _DTYPE_NAMES, _parse_size, plan_shards, shard_file_names,
@@ -67,6 +68,10 @@ PLACEHOLDER_TOKENIZERS = {
 }
 
 
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return dtype.itemsize * math.prod(shape)
+
+
 class _StreamingSafetensors:
     """Write one safetensors file tensor by tensor: the header is computed from shapes and dtypes up front, then
     each tensor's bytes are written as it is produced (no copy of the file's contents in memory)."""
@@ -75,9 +80,7 @@ class _StreamingSafetensors:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, shape, dtype in entries:
-            nbytes = dtype.itemsize
-            for dim in shape:
-                nbytes *= dim
+            nbytes = _nbytes(shape, dtype)
             header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
                             "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
@@ -139,8 +142,6 @@ def placeholder_tokenizer(config: ModelConfig, folder: Path) -> bool:
         "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
         "model_max_length": config.max_length, "chat_template": spec["template"],
     }
-    from d3llm.files import atomic_write
-
     atomic_write(folder / "tokenizer.json", lambda p: backend.save(str(p)))
     atomic_write_text(folder / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
     return True
@@ -157,7 +158,7 @@ def checkpoint_layout(config: ModelConfig, dtype: torch.dtype, max_shard_size: i
     if set(entries) != set(params):
         raise CheckpointError(f"{config.family} configs with tied weights cannot be written tensor by tensor; "
                               f"build the model with build_model() and save it with save_model()")
-    sizes = [(name, dtype.itemsize * torch.Size(entries[name][0]).numel()) for name in params]
+    sizes = [(name, _nbytes(*entries[name])) for name in params]
     return model, entries, plan_shards(sizes, _parse_size(max_shard_size))
 
 
@@ -193,7 +194,7 @@ def init_checkpoint(
     (folder / CONFIG_NAME).unlink(missing_ok=True)  # the folder is incomplete until the new config is written
 
     model, entries, shards = checkpoint_layout(config, store_dtype, max_shard_size)
-    size_of = {name: store_dtype.itemsize * torch.Size(shape).numel() for name, (shape, _) in entries.items()}
+    size_of = {name: _nbytes(*entry) for name, entry in entries.items()}
     total = sum(size_of.values())
     generator = torch.Generator().manual_seed(seed)
     done = 0
