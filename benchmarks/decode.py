@@ -21,6 +21,7 @@ versions.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -89,14 +90,17 @@ def figures(batch, tokens: int, nfe: int, wall: float, model_t: float, positions
             "wall_s": wall, "model_s": model_t, "loop_s": wall - model_t, "loop_share": (wall - model_t) / wall}
 
 
-def measure(model, prompts, method, params, batch: int, repeats: int) -> dict:
-    """Decode ``prompts`` in batches of ``batch`` with ``d3llm.generate``; a warm-up batch runs first, untimed."""
+def measure(model, prompts, method, params, batch: int, repeats: int, outputs: list | None = None) -> dict:
+    """Decode ``prompts`` in batches of ``batch`` with ``d3llm.generate``; a warm-up batch runs first, untimed.
+    ``outputs``, if given, receives each request's generated tokens (of the first repeat)."""
     d3llm.generate(model, prompts[:batch], method, **params)
     wall = model_t = 0.0
     nfe = tokens = positions = 0
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for i in range(0, len(prompts) - batch + 1, batch):
             r = d3llm.generate(model, prompts[i : i + batch], method, **params)
+            if outputs is not None and repeat == 0:
+                outputs.extend(r.tokens)
             wall += r.wall_time
             model_t += r.model_time
             nfe += int(r.nfe.sum())
@@ -227,6 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="semicolon-separated subset of the setting names")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the dense-forward ceiling of each setting")
+    ap.add_argument("--save-tokens", default=None, help="write the prompts and each setting's batch-1 tokens here "
+                                                        "(JSON; benchmarks/reference_decode.py compares with them)")
     ap.add_argument("--out", type=record_path, default="benchmarks/results/decode.json")
     args = ap.parse_args(argv)
     if args.threads:
@@ -238,10 +244,17 @@ def main(argv=None) -> int:
     names = args.methods.split(";") if args.methods else list(table)
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
+    saved = {"prompts": prompts, "gen": args.gen, "block": args.block, "threshold": args.threshold,
+             "confidence": args.confidence, "mask_token_id": model.config.mask_token_id,
+             "eos_token_id": model.config.eos_token_id, "dtype": str(model.dtype).removeprefix("torch."),
+             "settings": {}}
     for name in names:
         method, params = table[name]
         params = dict(params, max_new_tokens=args.gen, block_size=args.block)
-        mine = [measure(model, prompts, method, params, batch, args.repeats) for batch in batches]
+        alone: list = []
+        mine = [measure(model, prompts, method, params, batch, args.repeats, alone if batch == 1 else None)
+                for batch in batches]
+        saved["settings"][name] = {"tokens": alone, "batch_1": mine[0]}
         if args.stagger_every:
             mine.append(staggered(model, prompts, method, params, args.stagger_every, args.repeats))
         ceiling = {}
@@ -264,6 +277,10 @@ def main(argv=None) -> int:
     if args.markdown:
         print(markdown(rows, names, batches))
     write_record(args.out, model, source, prompt_source, settings={k: table[k] for k in names}, results=rows)
+    if args.save_tokens:
+        Path(args.save_tokens).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.save_tokens).write_text(json.dumps(saved) + "\n")
+        print(f"wrote {args.save_tokens}")
     return 0
 
 

@@ -48,9 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE_PACKAGES = {"llada": "baseline/Fast_dLLM_v1/llada", "dream": "baseline/Fast_dLLM_v1/dream"}
 
 
-def reference_model(family: str, repo: Path, folder: Path):
-    """The reference repository's model class for ``family``, loaded from ``folder`` in bf16 (this process must
-    have the transformers version the reference was written for)."""
+def reference_model(family: str, repo: Path, folder: Path, dtype=None):
+    """The reference repository's model class for ``family``, loaded from ``folder`` in ``dtype`` (default bf16;
+    this process must have the transformers version the reference was written for)."""
     import torch
 
     sys.path.insert(0, str(repo / REFERENCE_PACKAGES[family]))  # its ``model`` package (relative imports inside)
@@ -59,7 +59,7 @@ def reference_model(family: str, repo: Path, folder: Path):
     else:
         from model.modeling_dream import DreamModel as cls
     kwargs = {"attn_implementation": "sdpa"} if family == "dream" else {}
-    return cls.from_pretrained(str(folder), torch_dtype=torch.bfloat16, **kwargs).eval()
+    return cls.from_pretrained(str(folder), torch_dtype=dtype or torch.bfloat16, **kwargs).eval()
 
 
 def side(name: str, family: str, folder: Path, ids_file: Path, out: Path, repo: Path | None, threads: int) -> dict:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from d3llm.models.random_checkpoint import init_checkpoint
 
     config = named_config(args.config)
-    print(f"writing a random {args.config} ({count_parameters(config) / 1e9:.2f}B parameters, {args.dtype}) "
+    print(f"writing a random {args.config} ({count_parameters(config):,} parameters, {args.dtype}) "
           f"to {args.out}", file=sys.stderr)
     write = dict(seed=args.seed, dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     if not sys.stderr.isatty():
@@ -50,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
             task = bar.add_task("init", total=None)
             folder = init_checkpoint(args.config, args.out, **write,
                                      progress=lambda done, total, name: bar.update(task, completed=done, total=total))
-    print(f"wrote {folder} (random weights and a placeholder tokenizer: see {folder / 'README.md'})")
+    tokenizer = "a placeholder tokenizer" if (folder / "tokenizer.json").is_file() else "no tokenizer"
+    print(f"wrote {folder} (random weights and {tokenizer}: see {folder / 'README.md'})")
     return 0
