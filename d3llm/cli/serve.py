@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     server = Server(engine, tokenizer, ServeConfig(model_name=name, api_key=api_key, max_queue=args.max_queue,
                                                    max_body_bytes=args.max_body_bytes,
                                                    body_timeout=args.body_timeout, access_log=args.access_log))
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weight_bytes >= 1e9:  # memory-mapped weights are read from disk by the first forward: seconds to minutes
+        print(f"d3llm serve: warming up (the first forward reads the {weight_bytes / 1e9:.1f} GB of weights from "
+              "disk)", file=sys.stderr, flush=True)
     warm_up(engine, d3llm.encode_prompt(tokenizer, "") if tokenizer.chat_template else tokenizer.encode("a"))
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
