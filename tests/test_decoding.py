@@ -11,6 +11,7 @@ SETTINGS = {
     "vanilla": ("vanilla", dict(steps=GEN)),
     "vanilla_2_per_step": ("vanilla", dict(steps=GEN // 2)),
     "block_entropy": ("block_entropy", dict(steps=GEN, threshold=0.5)),
+    "eb_sampler": ("eb_sampler", dict(steps=GEN, threshold=0.5)),
     "fast_dllm_none": ("fast_dllm", dict(steps=GEN, cache="none")),
     "fast_dllm_prefix": ("fast_dllm", dict(steps=GEN, cache="prefix")),
     "fast_dllm_dual": ("fast_dllm", dict(steps=GEN, cache="dual")),
@@ -99,6 +100,7 @@ def test_delayed_cache_saves_compute_and_stays_close(trained_models):
 @pytest.mark.parametrize("method,params", [
     ("vanilla", dict(steps=GEN)), ("multi_block", dict(MB, cache_delay_iter=1)),
     ("fast_dllm", dict(steps=GEN, cache="prefix")), ("block_entropy", dict(steps=GEN)),
+    ("eb_sampler", dict(steps=GEN, threshold=0.5)),
     ("vanilla", dict(steps=GEN, remasking="random", temperature=0.0)),
 ])
 def test_sampling_with_a_seed_repeats(trained_models, family, method, params):
@@ -112,6 +114,20 @@ def test_sampling_with_a_seed_repeats(trained_models, family, method, params):
     c = generate(model, batch, method, seed=124, **kw)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.nfe, b.nfe)
     assert not torch.equal(a.sequences, c.sequences)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_entropy_budget_spans_one_token_per_step_to_one_step_per_block(trained_models, family):
+    """EB-Sampler's gamma: 0 commits one token per forward (the trained models are never exactly certain twice
+    in a step); a budget beyond any sum of entropies commits a whole block per forward; between, fewer forwards
+    as gamma grows."""
+    model = trained_models[family]
+    batch = prompts(4, seed=5)
+    nfe = {g: generate(model, batch, "eb_sampler", threshold=g) for g in (0.0, 0.05, 1.0, 1e6)}
+    assert nfe[0.0].nfe.tolist() == [GEN] * 4
+    assert nfe[1e6].nfe.tolist() == [GEN // BLOCK] * 4
+    totals = [int(r.nfe.sum()) for r in nfe.values()]
+    assert totals == sorted(totals, reverse=True) and totals[2] < GEN * 4
 
 
 def test_one_token_per_forward_trajectory(trained_models):

@@ -10,6 +10,7 @@ import d3llm
 SETTINGS = [
     ("vanilla", dict(steps=16, block_size=8)),
     ("block_entropy", dict(steps=16, threshold=0.5, block_size=8)),
+    ("eb_sampler", dict(steps=16, threshold=0.5, block_size=8)),
     ("fast_dllm", dict(steps=16, cache="none", block_size=8)),
     ("fast_dllm", dict(steps=16, cache="prefix", block_size=8)),
     ("fast_dllm", dict(steps=16, cache="dual", block_size=8)),

@@ -83,3 +83,38 @@ def test_commit_rules_match_per_row_loops(seed):
         for rank, idx in enumerate(lowest):
             want[idx] = rank == 0 or h[j, idx] < 0.5
         assert (got[j] == want).all()
+
+
+def eb_by_definition(h, candidates, gamma):
+    """EB-Sampler's rule as the paper states it, per row: the longest prefix U of the candidates in ascending
+    entropy (ties by position) with sum(H_U) - max(H_U) <= gamma, never empty."""
+    out = np.zeros_like(candidates)
+    for r in range(h.shape[0]):
+        order = sorted(np.flatnonzero(candidates[r]), key=lambda i: (h[r, i], i))
+        for n in range(len(order), 0, -1):
+            chosen = [h[r, i] for i in order[:n]]
+            if n == 1 or sum(chosen[:-1]) <= gamma:  # in ascending order the max is the last
+                out[r, order[:n]] = True
+                break
+    return out
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1e-3, 0.05, 0.3, 1.0, 5.0])
+def test_entropy_budget_rule_matches_its_definition(gamma):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h = rng.exponential(0.2, size=(3, 11)) * (rng.random((3, 11)) < 0.8)  # zeros (certain tokens) included
+        h[0, :4] = h[0, 0]  # ties
+        candidates = rng.random((3, 11)) < 0.7
+        candidates[2] = False  # a row without candidates commits nothing
+        got = rules.commit_entropy_budget(h, candidates, gamma)
+        assert np.array_equal(got, eb_by_definition(h, candidates, gamma))
+        assert (got.sum(1) >= candidates.any(1)).all()
+
+
+def test_entropy_budget_extremes():
+    h = np.array([[0.4, 0.1, 0.2, 0.3]])
+    candidates = np.array([[True, True, True, False]])
+    assert rules.commit_entropy_budget(h, candidates, 0.0).tolist() == [[False, True, False, False]]
+    assert rules.commit_entropy_budget(h, candidates, 0.31).tolist() == [[True, True, True, False]]
+    assert rules.commit_entropy_budget(h, candidates, 0.29).tolist() == [[False, True, True, False]]

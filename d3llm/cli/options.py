@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
+METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "eb_sampler", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
 EVAL_BATCH_SIZE = 8  # prompts decoded together by d3llm eval (and by d3llm lm-eval's d3llm model; lm-eval's is 1)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
@@ -25,7 +25,7 @@ DECODER_FLAGS = {
                                                  "--block-size")),
     "--block-size": ("block_size", int, "block size (the reference's block_length)"),
     "--steps": ("steps", int, "forwards of the block-sequential decoders (unset: one token per forward)"),
-    "--threshold": ("threshold", float, "entropy (multi_block, block_entropy) or confidence (fast_dllm) threshold"),
+    "--threshold": ("threshold", float, "entropy (multi_block, block_entropy), confidence (fast_dllm) threshold, or entropy budget (eb_sampler)"),
     "--temperature": ("temperature", float, "sampling temperature (0 = greedy)"),
     "--remasking": ("remasking", str, "low_confidence or random (LLaDA)"),
     "--cache": ("cache", str, "fast_dllm cache: none, prefix or dual"),

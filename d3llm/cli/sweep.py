@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from d3llm.errors import ConfigError
     from d3llm.eval.partial import discard, partial_path
-    from d3llm.eval.sweep import SWEEPABLE, SweepConfig, output_paths, run_sweep, write_outputs
+    from d3llm.eval.sweep import DEFAULT_METHODS, SweepConfig, output_paths, run_sweep, write_outputs
     from d3llm.files import check_output_file
     from d3llm.tasks.data import with_turns
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--methods/--thresholds and --config both given; put the methods in the config file")
         config = SweepConfig.from_yaml(args.config)
     else:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(SWEEPABLE)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(DEFAULT_METHODS)
         thresholds = _floats(args.thresholds, "--thresholds") if args.thresholds else None
         config = SweepConfig.default(methods, thresholds, source="the command line")
     for name in ("task", "limit", "batch_size", "metric"):

@@ -223,3 +223,21 @@ def commit_lowest_k(score: np.ndarray, candidates: np.ndarray, k: np.ndarray, th
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(order.shape[1])[None, :].repeat(order.shape[0], 0), axis=1)
     return candidates & (rank < k[:, None]) & ((rank == 0) | (score < threshold))
+
+
+def commit_entropy_budget(h: np.ndarray, candidates: np.ndarray, gamma: np.ndarray | float) -> np.ndarray:
+    """``EB`` (EB-Sampler, arXiv 2505.24857): order the candidates by entropy, lowest first, and commit the longest
+    prefix ``U`` of that order whose entropies, less the largest of them, sum to at most ``gamma``:
+    ``sum_{j in U} H_j - max_{j in U} H_j <= gamma``. In ascending order the largest is the last, so the test is
+    that the entropies *before* each position sum to at most ``gamma``; the lowest-entropy candidate is always
+    committed (``gamma = 0``: one token per step, unless the next ones have zero entropy; ``inf``: all). ``gamma``
+    is a scalar or ``[n, 1]``; ties keep position order."""
+    order = np.argsort(np.where(candidates, h, INF), axis=1, kind="stable")
+    ranked = np.take_along_axis(np.where(candidates, h, 0.0), order, axis=1)
+    before = np.zeros_like(ranked)  # the sum of the strictly lower-ranked entropies, added in rank order
+    np.cumsum(ranked[:, :-1], axis=1, out=before[:, 1:])
+    take = np.take_along_axis(candidates, order, axis=1) & (before <= gamma)
+    take &= np.cumprod(take, axis=1).astype(bool)  # a prefix of the order
+    transfer = np.zeros_like(candidates)
+    np.put_along_axis(transfer, order, take, axis=1)
+    return transfer

@@ -53,11 +53,13 @@ from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
-SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block")
+SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block", "eb_sampler")
+DEFAULT_METHODS = ("fast_dllm", "block_entropy", "multi_block")  # a sweep without --methods
 DEFAULT_THRESHOLDS = {
     "fast_dllm": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],   # confidence
     "block_entropy": [0.05, 0.2, 0.5, 1.0, 2.0, 4.0],  # entropy
     "multi_block": [0.05, 0.2, 0.5, 1.0, 2.0, 4.0],    # entropy
+    "eb_sampler": [0.001, 0.01, 0.1, 0.3, 1.0, 3.0],   # entropy budget
 }
 METRICS = ("strict", "flexible")
 CONFIG_KEYS = ("task", "limit", "batch_size", "seed", "metric", "decoder", "methods")
@@ -92,7 +94,7 @@ class SweepConfig:
     source: str = "sweep settings"
 
     @classmethod
-    def default(cls, methods: Sequence[str] = SWEEPABLE, thresholds: Sequence[float] | None = None, **kw):
+    def default(cls, methods: Sequence[str] = DEFAULT_METHODS, thresholds: Sequence[float] | None = None, **kw):
         for method in methods:
             _check_method(method, "--methods", "the command line")
         grids = [MethodGrid(m, list(thresholds) if thresholds else list(DEFAULT_THRESHOLDS[m])) for m in methods]

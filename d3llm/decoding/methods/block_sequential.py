@@ -18,6 +18,12 @@
   forward finished the block (as in the reference). Candidates of a step are the masked positions before the end
   of the current block.
 
+* ``eb_sampler`` (EB-Sampler, Ben-Hamu et al., arXiv 2505.24857): the candidates in ascending entropy, committing
+  the longest prefix whose entropies less their largest sum to at most ``threshold`` (the entropy budget gamma,
+  nats; :func:`~d3llm.decoding.rules.commit_entropy_budget`), one forward per step. Entropy as everywhere here:
+  float64, from the untempered logits. Defaults from the authors' LLaDA GSM8K setting: gamma 0.01, one block of
+  the whole generation.
+
 Our cache stores keys after RoPE; the reference Fast-dLLM model caches them before RoPE and rotates on every call:
 mathematically the same, not bit-identical.
 
@@ -26,7 +32,7 @@ commits, among the (masks left in the block) lowest-entropy candidates, the lowe
 ``< threshold`` (entropy in the logits' dtype, ``ln(p + 1e-8)``); ``fast_dllm`` spends each block's first forward
 on the block's first position only (a block-local forward cannot score it: Dream's logits are shifted), then
 commits the most confident mask plus every mask with confidence ``>= threshold``. Sampling is multinomial at every
-position.
+position; ``eb_sampler`` samples the same way and applies the LLaDA rule above to the float64 entropy.
 """
 
 from __future__ import annotations
@@ -79,6 +85,16 @@ class BlockEntropyParams(VanillaParams):
 
 
 @dataclass
+class EBSamplerParams(VanillaParams):
+    per_row = ("max_new_tokens", "steps", "temperature", "threshold")
+    threshold: float = 0.01  # the entropy budget gamma
+
+    def validate(self, method: str) -> None:
+        super().validate(method)
+        self.check_range(method, "threshold", self.threshold, 0.0, None, "an entropy budget in nats")
+
+
+@dataclass
 class FastDLLMParams(VanillaParams):
     per_row = ("max_new_tokens", "steps", "temperature", "threshold")
     threshold: float | None = 0.9
@@ -109,9 +125,10 @@ class BlockState(MethodState):
 
 
 class BlockSequential(DecodingMethod):
-    """Shared step rules of ``vanilla``, ``block_entropy`` and ``fast_dllm``; ``rule`` picks the commit rule."""
+    """Shared step rules of ``vanilla``, ``block_entropy``, ``eb_sampler`` and ``fast_dllm``; ``rule`` picks the
+    commit rule."""
 
-    rule: str = "quota"  # quota | entropy | confidence
+    rule: str = "quota"  # quota | entropy | budget | confidence
 
     def __init__(self, params, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -190,7 +207,7 @@ class BlockSequential(DecodingMethod):
                                    state.temperature, width, state.generators)
         if p.remasking == "random":
             score = rules.random_rows(width, pos.shape[1], state.generators, logits.device)
-        elif self.rule == "entropy":
+        elif self.rule in ("entropy", "budget"):
             score = rules.entropy(logits)
         else:
             score = rules.confidence(logits, tokens)
@@ -198,6 +215,8 @@ class BlockSequential(DecodingMethod):
         threshold = state.threshold[:, None]
         if self.rule == "entropy":
             transfer = rules.commit_entropy_llada(score, cand, threshold)
+        elif self.rule == "budget":
+            transfer = rules.commit_entropy_budget(score, cand, threshold)
         else:
             transfer = None
             by_quota = np.isnan(state.threshold)
@@ -214,9 +233,12 @@ class BlockSequential(DecodingMethod):
     def _dream_rule(self, state: BlockState, logits: torch.Tensor, cand: np.ndarray, width: np.ndarray,
                     block_col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dream's commit rules (module docstring); ``block_col`` is each row's block start in window columns."""
-        if self.rule == "entropy":
+        if self.rule in ("entropy", "budget"):
             tokens = rules.sample_rows(lambda l, t, g: rules.multinomial_sample(l, t, g, exclude=self.mask_id),
                                        logits, state.temperature, width, state.generators)
+            if self.rule == "budget":
+                h, tokens = rules.to_host(rules.entropy(logits), tokens)
+                return rules.commit_entropy_budget(h, cand, state.threshold[:, None]), tokens
             h, tokens = rules.to_host(rules.dream_entropy(logits), tokens)
             return rules.commit_lowest_k(h, cand, state.left, state.threshold[:, None]), tokens
         conf, tokens = rules.to_host(*rules.sample_rows(
@@ -258,6 +280,12 @@ class BlockEntropy(BlockSequential):
     name = "block_entropy"
     Params = BlockEntropyParams
     rule = "entropy"
+
+
+class EBSampler(BlockSequential):
+    name = "eb_sampler"
+    Params = EBSamplerParams
+    rule = "budget"
 
 
 class FastDLLM(BlockSequential):
