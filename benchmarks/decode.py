@@ -31,6 +31,7 @@ import torch
 import d3llm
 from d3llm.eval.environment import environment
 from d3llm.eval.environment import record_path, write_record as save_record
+from d3llm.files import atomic_write_text, make_folder
 
 MB = dict(block_add_threshold=0.1, decoded_token_threshold=0.95, early_stop=True)
 NO_CACHE = dict(cache_delay_iter=None, refresh_interval=None)  # explicit: the folder's defaults may set a cache
@@ -278,8 +279,8 @@ def main(argv=None) -> int:
         print(markdown(rows, names, batches))
     write_record(args.out, model, source, prompt_source, settings={k: table[k] for k in names}, results=rows)
     if args.save_tokens:
-        Path(args.save_tokens).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.save_tokens).write_text(json.dumps(saved) + "\n")
+        make_folder(Path(args.save_tokens).parent)
+        atomic_write_text(Path(args.save_tokens), json.dumps(saved) + "\n")
         print(f"wrote {args.save_tokens}")
     return 0
 

@@ -18,8 +18,9 @@
 #                                                                                          (timeout_s 600)
 #   here, to try the script on the CPU:
 #     DEVICE=cpu bash benchmarks/device_check.sh --gen 32 --prompts 4 --batches 1,2
-#     DEVICE=cpu REAL_SHAPE=llada-small REFERENCE_REPO=/tmp/d3llm-ref REFERENCE_PYTHON=/tmp/refenv/bin/python \
-#         bash benchmarks/device_check.sh --gen 32 --prompts 4 --batches 1,2
+#     DEVICE=cpu REAL_SHAPE=teacher REAL_DIR=d3llm/assets/arith-teacher REFERENCE_REPO=/tmp/d3llm-ref \
+#         REFERENCE_PYTHON=/tmp/refenv/bin/python bash benchmarks/device_check.sh --gen 32 --prompts 4 --batches 1,2
+#   (a trained model: on a random tiny one the reference's own generate can commit the mask id and run out of steps)
 #
 # Extra arguments go to decode.py after the defaults, so they override them.
 set -euo pipefail

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_scale_io import drop_page_cache, memory_status  # noqa: E402
+from real_scale_io import drop_page_cache, memory_status, run_child  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE_PACKAGES = {"llada": "baseline/Fast_dLLM_v1/llada", "dream": "baseline/Fast_dLLM_v1/dream"}
@@ -110,13 +110,6 @@ def compare(family: str, ours, theirs) -> dict:
     }
 
 
-def run_side(python: str, args: list[str]) -> dict:
-    out = subprocess.run([python, __file__, *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"side {args[:2]} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="llada-8b-instruct,dream-7b-instruct")
@@ -176,10 +169,10 @@ def main() -> None:
                   "parameters": count_parameters(config), "canvas": f"{args.prompt} prompt + {args.masks} MASK"}
         logits = {which: folder.parent / f"{name}.{which}.safetensors" for which in ("ours", "reference")}
         for which, python in (("ours", sys.executable), ("reference", args.reference_python)):
-            record[which] = run_side(python, ["--side", which, "--family", config.family, "--folder", str(folder),
-                                              "--ids", str(ids_file), "--logits", str(logits[which]),
-                                              "--reference-repo", str(repo), "--threads", str(args.threads),
-                                              "--reference-python", args.reference_python])
+            record[which] = run_child(["--side", which, "--family", config.family, "--folder", str(folder),
+                                       "--ids", str(ids_file), "--logits", str(logits[which]),
+                                       "--reference-repo", str(repo), "--threads", str(args.threads),
+                                       "--reference-python", args.reference_python], __file__, python)
             print(name, which, json.dumps(record[which]), flush=True)
         ours, theirs = (load_file(str(logits[which]))["logits"] for which in ("ours", "reference"))
         record["comparison"] = compare(config.family, ours, theirs)

@@ -125,10 +125,11 @@ def stage(name: str, config: str, folder: Path, threads: int) -> dict:
     return record
 
 
-def run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def run_child(args: list[str], script: str = __file__, python: str = sys.executable) -> dict:
+    """Run ``python script *args`` (a benchmark's child mode) and return the JSON of its last output line."""
+    out = subprocess.run([python, script, *args], capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"stage {args} failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{Path(script).name} {args} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
