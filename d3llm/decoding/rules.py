@@ -241,3 +241,58 @@ def commit_entropy_budget(h: np.ndarray, candidates: np.ndarray, gamma: np.ndarr
     transfer = np.zeros_like(candidates)
     np.put_along_axis(transfer, order, take, axis=1)
     return transfer
+
+
+def commit_factor(conf: np.ndarray, candidates: np.ndarray, factor: np.ndarray | float) -> np.ndarray:
+    """``FACTOR`` (Fast-dLLM's factor rule, Wu et al., arXiv 2505.22618): order the candidates by confidence,
+    highest first, and commit the first ``n`` where every rank ``k <= n`` (1-based) has ``(k + 1)(1 - c_(k)) <= f``,
+    i.e. ``c_(k) >= 1 - f / (k + 1)``; the most confident candidate always. The bound on rank k tightens as k grows,
+    so the accepted ranks form a prefix: more tokens in one step need each to be more certain. ``factor`` is a
+    scalar or ``[n, 1]``; ties keep position order."""
+    order = np.argsort(np.where(candidates, -conf, INF), axis=1, kind="stable")
+    ranked = np.take_along_axis(np.where(candidates, conf, -INF), order, axis=1)
+    rank = np.arange(1, conf.shape[1] + 1)[None, :]
+    take = np.take_along_axis(candidates, order, axis=1) & ((rank + 1) * (1.0 - ranked) <= factor)
+    take[:, 0] |= np.take_along_axis(candidates, order[:, :1], axis=1)[:, 0]
+    take &= np.cumprod(take, axis=1).astype(bool)
+    transfer = np.zeros_like(candidates)
+    np.put_along_axis(transfer, order, take, axis=1)
+    return transfer
+
+
+def masked_runs(candidates: np.ndarray) -> np.ndarray:
+    """``[n, K]`` the index (0, 1, ...) of the maximal run of consecutive candidates each entry belongs to, counted
+    per row from the left (-1 where an entry is no candidate). Columns are consecutive positions."""
+    starts = candidates & ~np.pad(candidates[:, :-1], ((0, 0), (1, 0)))
+    return np.where(candidates, np.cumsum(starts, axis=1) - 1, -1)
+
+
+def commit_hierarchy(conf: np.ndarray, candidates: np.ndarray, threshold: np.ndarray | float,
+                     low_threshold: float) -> np.ndarray:
+    """``HIER`` (dInfer's hierarchical decoder, arXiv 2510.08666): in every maximal run of consecutive candidates,
+    the most confident one(s) if ``conf > low_threshold``; every candidate with ``conf > threshold``; and the most
+    confident candidate of the row always. Commitments are spread out, one per masked hole, so parallel tokens are
+    rarely neighbours. Ties of a run's maximum all count (as in dInfer). Columns must be consecutive positions."""
+    n, k = conf.shape
+    run = masked_runs(candidates)
+    flat = np.where(candidates, np.arange(n)[:, None] * k + run, n * k)  # one slot per (row, run); n*k: none
+    best = np.full(n * k + 1, -INF)
+    np.maximum.at(best, flat.ravel(), np.where(candidates, conf, -INF).ravel())
+    peak = candidates & (conf == best[flat]) & (conf > low_threshold)
+    return add_best(peak | (candidates & (conf > threshold)), conf, candidates, lowest=False)
+
+
+def commit_local_leap(conf: np.ndarray, candidates: np.ndarray, threshold: np.ndarray | float,
+                      relaxed_threshold: float, radius: int) -> np.ndarray:
+    """``LEAP`` (LocalLeap, arXiv 2510.07081; our reading, its code is not public): *anchors* are the candidates
+    with ``conf >= threshold``; every candidate within ``radius`` positions of an anchor is also committed when
+    ``conf >= relaxed_threshold`` (a high-confidence token makes its neighbours reliable at a lower bar); the most
+    confident candidate always. Distance counts positions, committed ones included, and no chain of candidates
+    between a neighbour and its anchor is required. Columns must be consecutive positions."""
+    anchor = candidates & (conf >= threshold)
+    near = anchor.copy()
+    for d in range(1, radius + 1):  # radius is small (a few positions): shifts beat a convolution
+        near[:, d:] |= anchor[:, :-d]
+        near[:, :-d] |= anchor[:, d:]
+    chosen = anchor | (candidates & near & (conf >= relaxed_threshold))
+    return add_best(chosen, conf, candidates, lowest=False)
