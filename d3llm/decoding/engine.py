@@ -244,7 +244,8 @@ class Engine:
         self._check_token_id("mask_id", mask_id)
         self.mask_id = mask_id
         self.eos_id = self._row_eos(eos_token_id)
-        self.method = self.method_class(self.params, family=model.family, mask_id=mask_id)
+        self.method = self.method_class(self.params, family=model.family, mask_id=mask_id,
+                                        vocab_size=self.vocab_size)
         self.method.check_row(self.params)
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise GenerationError(f"max_batch must be a positive integer, got {max_batch!r}")

@@ -4,7 +4,9 @@ Rows join a running batch and leave it at step boundaries, so every per-row stru
 operations: keep a subset of rows (``select``) and append the rows of another table (``concat``). A dataclass lists
 its per-row fields in ``row_fields`` (numpy arrays whose first axis is the row, or lists); a 2-D field whose second
 axis differs between the two tables (e.g. ``[n, blocks]`` for rows with different generation lengths) is padded to
-the wider one with the fill value given in ``row_fields``. Fields named in ``step_fields`` hold what one iteration
+the wider one with the fill value given in ``row_fields``. A field may also be a torch tensor on the model's device
+(per-position method state too large for the host, e.g. CreditDecoding's credit over the vocabulary); its axes past
+the row must agree between the tables. Fields named in ``step_fields`` hold what one iteration
 hands from ``plan`` to ``commit``; they are selected with the rows but dropped on ``concat`` (a plan recomputes them
 before they are read again).
 """
@@ -15,6 +17,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 
 def pad_columns(a: np.ndarray, width: int, fill: Any) -> np.ndarray:
@@ -39,7 +42,13 @@ class RowTable:
             value = getattr(self, name)
             if value is None:
                 continue
-            setattr(clone, name, [value[i] for i in keep] if isinstance(value, list) else value[keep])
+            if isinstance(value, torch.Tensor):
+                value = value[torch.as_tensor(keep, dtype=torch.long, device=value.device)]
+            elif isinstance(value, list):
+                value = [value[i] for i in keep]
+            else:
+                value = value[keep]
+            setattr(clone, name, value)
         return clone
 
     def concat(self, other):
@@ -53,6 +62,9 @@ class RowTable:
                 continue
             if isinstance(a, list):
                 setattr(clone, name, a + b)
+                continue
+            if isinstance(a, torch.Tensor):
+                setattr(clone, name, torch.cat([a, b]))
                 continue
             if a.ndim >= 2 and a.shape[1] != b.shape[1]:
                 width = max(a.shape[1], b.shape[1])

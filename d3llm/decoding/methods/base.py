@@ -107,10 +107,11 @@ class DecodingMethod:
     Params: ClassVar[type[Params]]
     causal: ClassVar[bool] = False
 
-    def __init__(self, params: Params, *, family: str, mask_id: int) -> None:
+    def __init__(self, params: Params, *, family: str, mask_id: int, vocab_size: int | None = None) -> None:
         self.params = params
         self.family = family
         self.mask_id = mask_id
+        self.vocab_size = vocab_size  # the logits' last axis (a method keeping per-token state sizes it by this)
 
     @property
     def uses_cache(self) -> bool:

@@ -129,6 +129,7 @@ class BlockSequential(DecodingMethod):
     commit rule."""
 
     rule: str = "quota"  # quota | entropy | budget | confidence
+    swept: str = "threshold"  # the per-row parameter the commit rule compares with (state.threshold)
 
     def __init__(self, params, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -137,7 +138,7 @@ class BlockSequential(DecodingMethod):
                                   f"by entropy or confidence")
 
     def check_row(self, params) -> None:
-        if self.family == "dream" and self.rule == "confidence" and params.threshold is None:
+        if self.family == "dream" and self.rule == "confidence" and getattr(params, self.swept) is None:
             raise GenerationError(f"{self.name}: Dream needs a confidence threshold (threshold=None selects "
                                   f"LLaDA's quota schedule)")
 
@@ -170,7 +171,7 @@ class BlockSequential(DecodingMethod):
         counts = self._block_counts(canvas)
         blocks = canvas.gen_lengths // self.params.block_size
         steps_per_block = self.row_values(rows, "steps", np.int64) // blocks
-        threshold = self.row_values(rows, "threshold") if hasattr(self.params, "threshold") else np.full(n, np.nan)
+        threshold = self.row_values(rows, self.swept) if hasattr(self.params, self.swept) else np.full(n, np.nan)
         first = canvas.first_candidates()
         return BlockState(block=np.zeros(n, dtype=np.int64), step=np.zeros(n, dtype=np.int64),
                           quota=self._quota(counts[:, 0], steps_per_block, int(steps_per_block.max())), inner=np.zeros(n, dtype=bool),
@@ -196,10 +197,21 @@ class BlockSequential(DecodingMethod):
         return StepPlan(run=run, start=start, end=end, cache_length=cache_length, score_pos=score_pos,
                         score_width=width)
 
+    def confidence_rule(self, conf: np.ndarray, cand: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+        """``[n, K]`` the commit of the confidence-ranked rule (``threshold`` ``[n, 1]``, the swept parameter); the
+        zoo's rules (:mod:`~d3llm.decoding.methods.confidence_rules`) replace Fast-dLLM's."""
+        return rules.commit_confidence(conf, cand, threshold)
+
+    def adjust_logits(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, plan: StepPlan,
+                      cand: np.ndarray) -> torch.Tensor:
+        """The logits the rule ranks and samples from (CreditDecoding fuses its credit here); unchanged here."""
+        return logits
+
     def commit(self, canvas: Canvas, state: BlockState, logits: torch.Tensor, plan: StepPlan) -> Commit:
         p = self.params
         pos, width = plan.score_pos, plan.score_width
         cand = self.candidates(canvas, pos, width)
+        logits = self.adjust_logits(canvas, state, logits, plan, cand)
         if self.family == "dream":
             bs = canvas.gen_start + state.block * p.block_size
             return Commit(*self._dream_rule(state, logits, cand, width, bs - pos[:, 0]), positions=pos)
@@ -221,7 +233,7 @@ class BlockSequential(DecodingMethod):
             transfer = None
             by_quota = np.isnan(state.threshold)
             if self.rule == "confidence" and not by_quota.all():
-                transfer = rules.commit_confidence(score, cand, threshold)
+                transfer = self.confidence_rule(score, cand, threshold)
             if by_quota.any():
                 spb = state.steps_per_block
                 i = np.minimum(state.step, spb - 1)
@@ -244,7 +256,7 @@ class BlockSequential(DecodingMethod):
         conf, tokens = rules.to_host(*rules.sample_rows(
             lambda l, t, g: rules.dream_sample(l, t, None, None, "confidence", g, exclude=self.mask_id),
             logits, state.temperature, width, state.generators))
-        transfer = rules.commit_confidence(conf, cand, state.threshold[:, None])
+        transfer = self.confidence_rule(conf, cand, state.threshold[:, None])
         first = np.arange(cand.shape[1])[None, :] == block_col[:, None]  # block-initial forward: first position only
         return np.where(state.inner[:, None], transfer, first), tokens
 
