@@ -12,6 +12,14 @@ SETTINGS = {
     "vanilla_2_per_step": ("vanilla", dict(steps=GEN // 2)),
     "block_entropy": ("block_entropy", dict(steps=GEN, threshold=0.5)),
     "eb_sampler": ("eb_sampler", dict(steps=GEN, threshold=0.5)),
+    "fast_dllm_factor": ("fast_dllm_factor", dict(steps=GEN, factor=1.0)),
+    "fast_dllm_factor_none": ("fast_dllm_factor", dict(steps=GEN, factor=2.0, cache="none")),
+    "hierarchy": ("hierarchy", dict(steps=GEN, threshold=0.9, low_threshold=0.3)),
+    "local_leap": ("local_leap", dict(steps=GEN, threshold=0.8, relaxed_threshold=0.5)),
+    "local_leap_prefix": ("local_leap", dict(steps=GEN, cache="prefix", radius=1)),
+    "credit": ("credit", dict(steps=GEN)),
+    "credit_none": ("credit", dict(steps=GEN, cache="none", threshold=0.7)),
+    "klass": ("klass", dict(steps=GEN, kl_threshold=0.05)),
     "fast_dllm_none": ("fast_dllm", dict(steps=GEN, cache="none")),
     "fast_dllm_prefix": ("fast_dllm", dict(steps=GEN, cache="prefix")),
     "fast_dllm_dual": ("fast_dllm", dict(steps=GEN, cache="dual")),
@@ -42,7 +50,7 @@ def generate(model, batch, method, **params):
 
 DREAM_ONLY = {"dream_vanilla_entropy": ("vanilla", dict(steps=GEN, alg="entropy")),
               "dream_vanilla_margin": ("vanilla", dict(steps=GEN // 2, alg="topk_margin"))}
-LLADA_ONLY = {"fast_dllm_dual_quota"}
+LLADA_ONLY = {"fast_dllm_dual_quota", "klass"}
 CASES = [("llada", name) for name in SETTINGS] + [("dream", name) for name in SETTINGS if name not in LLADA_ONLY]
 CASES += [("dream", name) for name in DREAM_ONLY]
 SETTINGS.update(DREAM_ONLY)
@@ -96,13 +104,18 @@ def test_delayed_cache_saves_compute_and_stays_close(trained_models):
     assert agree > 0.9
 
 
-@pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("method,params", [
+SEEDED = [
     ("vanilla", dict(steps=GEN)), ("multi_block", dict(MB, cache_delay_iter=1)),
     ("fast_dllm", dict(steps=GEN, cache="prefix")), ("block_entropy", dict(steps=GEN)),
     ("eb_sampler", dict(steps=GEN, threshold=0.5)),
     ("vanilla", dict(steps=GEN, remasking="random", temperature=0.0)),
-])
+    ("fast_dllm_factor", dict(steps=GEN)), ("hierarchy", dict(steps=GEN)), ("local_leap", dict(steps=GEN)),
+    ("credit", dict(steps=GEN)), ("klass", dict(steps=GEN)),
+]
+
+
+@pytest.mark.parametrize("family,method,params", [(f, m, p) for f in ("llada", "dream") for m, p in SEEDED
+                                                  if not (f == "dream" and m == "klass")])  # klass: LLaDA only
 def test_sampling_with_a_seed_repeats(trained_models, family, method, params):
     model = trained_models[family]
     batch = prompts(3, seed=2)
@@ -128,6 +141,63 @@ def test_entropy_budget_spans_one_token_per_step_to_one_step_per_block(trained_m
     assert nfe[1e6].nfe.tolist() == [GEN // BLOCK] * 4
     totals = [int(r.nfe.sum()) for r in nfe.values()]
     assert totals == sorted(totals, reverse=True) and totals[2] < GEN * 4
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_factor_rule_commits_more_as_the_factor_grows(trained_models, family):
+    """Fast-dLLM's factor rule: f = 0 commits one token per forward (only a certain token passes the bound); a
+    factor beyond any rank's ``(k + 1)(1 - c_k)`` commits the whole block in one forward; fewer forwards as f
+    grows. Plain thresholding has no such knob."""
+    model = trained_models[family]
+    batch = prompts(4, seed=5)
+    runs = {f: generate(model, batch, "fast_dllm_factor", factor=f, cache="none") for f in (0.0, 0.5, 2.0, 1e6)}
+    if family == "llada":  # Dream's block-initial forward commits one position and cannot finish a block
+        assert runs[0.0].nfe.tolist() == [GEN] * 4
+        assert runs[1e6].nfe.tolist() == [GEN // BLOCK] * 4
+    totals = [int(r.nfe.sum()) for r in runs.values()]
+    assert totals == sorted(totals, reverse=True) and totals[2] < totals[0]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_zoo_rules_differ_from_plain_thresholding_and_reduce_to_it(trained_models, family):
+    """hierarchy with low_threshold 1 and local_leap with relaxed_threshold 1 add nothing to Fast-dLLM's rule, and
+    credit with alpha 0 ranks the raw logits: each then decodes exactly like fast_dllm. With their own rules they
+    commit differently: fewer forwards (an extra token per masked run, an anchor's neighbours); credited tokens
+    change what is decoded (planted-logit tests of the rules and the credit, both families' frame alike:
+    tests/test_zoo_rules.py)."""
+    model = trained_models[family]
+    batch = prompts(6, seed=8)
+    base = generate(model, batch, "fast_dllm", steps=GEN, threshold=0.9)
+    same = {"hierarchy": dict(low_threshold=1.0), "local_leap": dict(relaxed_threshold=1.0),
+            "credit": dict(credit_alpha=0.0)}
+    own = {"hierarchy": dict(low_threshold=0.2), "local_leap": dict(relaxed_threshold=0.3, threshold=0.9),
+           "credit": dict(credit_alpha=2.0, boost_gamma=0.0)}
+    for method in same:
+        plain = generate(model, batch, method, steps=GEN, threshold=0.9, **same[method])
+        assert torch.equal(plain.sequences, base.sequences) and torch.equal(plain.nfe, base.nfe), method
+        if family == "dream":  # the tiny Dream commits few tokens per step: one masked run, no anchors
+            continue
+        ruled = generate(model, batch, method, steps=GEN, **{"threshold": 0.9, **own[method]})
+        if method == "credit":
+            assert not torch.equal(ruled.sequences, base.sequences)
+        else:
+            assert int(ruled.nfe.sum()) < int(base.nfe.sum()), method
+
+
+def test_klass_without_stability_is_vanilla_and_with_it_saves_forwards(trained_models):
+    """KLASS: a KL threshold of 0 makes no position ever stable, so every step takes the quota schedule's top-k --
+    vanilla's tokens and forwards exactly -- even at confidence threshold 0, where plain thresholding would commit
+    the whole block at once. A loose KL threshold makes positions ready after ``kl_history`` steps: fewer forwards;
+    with history 1 and no bars at all, a block is ready at its first forward."""
+    model = trained_models["llada"]
+    batch = prompts(5, seed=3)
+    vanilla = generate(model, batch, "vanilla", steps=GEN)
+    never = generate(model, batch, "klass", steps=GEN, threshold=0.0, kl_threshold=0.0)
+    assert torch.equal(never.sequences, vanilla.sequences) and torch.equal(never.nfe, vanilla.nfe)
+    loose = generate(model, batch, "klass", steps=GEN, kl_threshold=0.05)
+    assert int(loose.nfe.sum()) < int(vanilla.nfe.sum())
+    at_once = generate(model, batch, "klass", steps=GEN, threshold=0.0, kl_threshold=1e9, kl_history=1)
+    assert at_once.nfe.tolist() == [GEN // BLOCK] * 5
 
 
 def test_one_token_per_forward_trajectory(trained_models):

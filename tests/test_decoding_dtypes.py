@@ -17,14 +17,20 @@ SETTINGS = [
     ("multi_block", dict(threshold=0.5, block_size=8)),
     ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
     ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, suffix_cache=True, early_stop=True)),
+    ("fast_dllm_factor", dict(steps=16, block_size=8)),
+    ("hierarchy", dict(steps=16, block_size=8, cache="prefix")),
+    ("local_leap", dict(steps=16, block_size=8, cache="none")),
+    ("credit", dict(steps=16, block_size=8)),
+    ("klass", dict(steps=16, block_size=8)),
 ]
+LLADA_ONLY = {"vanilla", "klass"}  # Dream has its own vanilla (below); klass decodes LLaDA only
 DREAM_VANILLA = [("vanilla", dict(steps=16, alg=alg)) for alg in ("origin", "maskgit_plus", "topk_margin", "entropy")]
 DREAM_VANILLA.append(("vanilla", dict(steps=16, alg="entropy", alg_temp=0.5)))
 
 
 def settings_for(family: str) -> list[tuple[str, dict]]:
-    """SETTINGS for a LLaDA model; for Dream, its own vanilla (every ``alg``) in place of LLaDA's."""
-    return SETTINGS if family.startswith("llada") else [s for s in SETTINGS if s[0] != "vanilla"] + DREAM_VANILLA
+    """SETTINGS for a LLaDA model; for Dream, its own vanilla (every ``alg``) in place of LLaDA's, and no klass."""
+    return SETTINGS if family.startswith("llada") else [s for s in SETTINGS if s[0] not in LLADA_ONLY] + DREAM_VANILLA
 
 
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7]]

@@ -208,7 +208,8 @@ def test_help_is_clean(command):
     for line in out.splitlines():
         assert line.count("(default") <= 1, line
     if command == ["generate"]:
-        assert "--method {vanilla,block_entropy,fast_dllm,multi_block,eb_sampler,autoregressive}" in out
+        assert ("--method {vanilla,block_entropy,fast_dllm,multi_block,eb_sampler,fast_dllm_factor,hierarchy,local_leap,"
+                "credit,klass,autoregressive}") in out
         assert "decoder (default: the model folder's method, else multi_block)" in " ".join(out.split())
 
 

@@ -206,3 +206,22 @@ def test_a_model_that_writes_nothing_scores_zero_and_plots(tmp_path):
         plot(results, tmp_path / "p.png")
     assert board.tasks["t"]["empty c"] == 0.0 and board.tasks["t"]["good c"] > 0 and board.y_max["t"] == 90.0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zoo_methods_sweep_their_own_parameter(tmp_path):
+    """Every zoo method is a curve; fast_dllm_factor's swept values are its factor (given as 'factor' or as
+    'threshold', not both), the others' their threshold."""
+    out = tmp_path / "o"
+    config = _write(tmp_path, "limit: 3\nbatch_size: 3\ndecoder:\n  max_new_tokens: 32\n  block_size: 16\nmethods:\n"
+                    "  fast_dllm_factor:\n    factor: [2.0]\n  hierarchy:\n    threshold: 0.7\n"
+                    "  local_leap:\n    threshold: 0.7\n  credit:\n    threshold: 0.7\n  klass:\n    threshold: 0.6\n")
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [(p["method"], p["threshold"]) for p in points] == [
+        ("vanilla", None), ("fast_dllm_factor", 2.0), ("hierarchy", 0.7), ("local_leap", 0.7), ("credit", 0.7),
+        ("klass", 0.6)]
+    factor = points[1]
+    assert factor["params"]["factor"] == 2.0 and "threshold" not in factor["params"], factor["params"]
+    both = _write(tmp_path, "methods:\n  fast_dllm_factor:\n    factor: [1.0]\n    threshold: [0.5]\n")
+    with pytest.raises(ConfigError, match="give the swept values as 'threshold' or as 'factor', not both"):
+        SweepConfig.from_yaml(both)

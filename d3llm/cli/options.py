@@ -12,7 +12,9 @@ import re
 import sys
 from pathlib import Path
 
-METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "eb_sampler", "autoregressive"]  # d3llm.decoding.METHODS (a test keeps them equal)
+# d3llm.decoding.METHODS (a test keeps them equal)
+METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "eb_sampler", "fast_dllm_factor", "hierarchy",
+           "local_leap", "credit", "klass", "autoregressive"]
 EVAL_BATCH_SIZE = 8  # prompts decoded together by d3llm eval (and by d3llm lm-eval's d3llm model; lm-eval's is 1)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
@@ -25,10 +27,20 @@ DECODER_FLAGS = {
                                                  "--block-size")),
     "--block-size": ("block_size", int, "block size (the reference's block_length)"),
     "--steps": ("steps", int, "forwards of the block-sequential decoders (unset: one token per forward)"),
-    "--threshold": ("threshold", float, "entropy (multi_block, block_entropy), confidence (fast_dllm) threshold, or entropy budget (eb_sampler)"),
+    "--threshold": ("threshold", float, "entropy (multi_block, block_entropy), confidence (fast_dllm, hierarchy, "
+                    "local_leap, credit, klass) threshold, or entropy budget (eb_sampler)"),
+    "--factor": ("factor", float, "fast_dllm_factor: f of the factor rule (k + 1)(1 - c_k) <= f"),
+    "--low-threshold": ("low_threshold", float, "hierarchy: confidence a masked run's best candidate needs"),
+    "--relaxed-threshold": ("relaxed_threshold", float, "local_leap: confidence an anchor's neighbour needs"),
+    "--radius": ("radius", int, "local_leap: neighbourhood of an anchor, in positions"),
+    "--credit-alpha": ("credit_alpha", float, "credit: weight of log(1 + credit) in the fused logits"),
+    "--boost-gamma": ("boost_gamma", float, "credit: exponent of the top-1 probability added as credit"),
+    "--decay-beta": ("decay_beta", float, "credit: credit kept from one step to the next"),
+    "--kl-threshold": ("kl_threshold", float, "klass: KL divergence (nats) below which a position is stable"),
+    "--kl-history": ("kl_history", int, "klass: consecutive stable steps a position needs"),
     "--temperature": ("temperature", float, "sampling temperature (0 = greedy)"),
     "--remasking": ("remasking", str, "low_confidence or random (LLaDA)"),
-    "--cache": ("cache", str, "fast_dllm cache: none, prefix or dual"),
+    "--cache": ("cache", str, "fast_dllm (and its zoo rules) cache: none, prefix or dual"),
     "--block-add-threshold": ("block_add_threshold", float, "multi_block: progress that opens the next block"),
     "--decoded-token-threshold": ("decoded_token_threshold", float,
                                   "multi_block: progress that fully activates the next block"),

@@ -62,8 +62,9 @@ def generate(
         input_ids: a LongTensor ``[B, P]`` (with ``attention_mask`` if it is padded), a list of token-id lists of
             different lengths, or what a tokenizer returns (a ``BatchEncoding`` or dict with ``input_ids`` and
             ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
-        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block`` | ``eb_sampler`` (diffusion
-            decoders, for LLaDA and Dream) or ``autoregressive`` (one token per forward with the KV cache, for the causal Llama family);
+        method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block`` | ``eb_sampler`` |
+            ``fast_dllm_factor`` | ``hierarchy`` | ``local_leap`` | ``credit`` | ``klass`` (diffusion decoders, for
+            LLaDA and Dream; ``klass`` for LLaDA) or ``autoregressive`` (one token per forward with the KV cache, for the causal Llama family);
             None = the model folder's ``generation_config.json`` method, else ``multi_block`` (``autoregressive``
             for a causal model). Family rules follow the model (e.g. ``vanilla`` on Dream is Dream's
             timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).

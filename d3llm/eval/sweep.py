@@ -31,6 +31,8 @@ The configuration file (YAML)::
       multi_block:
         threshold: [0.05, 0.2, 1.0]
         block_add_threshold: 0.1
+      fast_dllm_factor:    # the swept values of fast_dllm_factor are its factor (threshold: or factor:)
+        factor: [0.5, 1.0, 2.0]
       multi_block no cache:  # a second curve of one method: name it and say which method
         method: multi_block
         threshold: [0.05, 0.2, 1.0]
@@ -53,14 +55,22 @@ from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
-SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block", "eb_sampler")
+SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block", "eb_sampler", "fast_dllm_factor", "hierarchy", "local_leap",
+             "credit", "klass")
 DEFAULT_METHODS = ("fast_dllm", "block_entropy", "multi_block")  # a sweep without --methods
 DEFAULT_THRESHOLDS = {
     "fast_dllm": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],   # confidence
     "block_entropy": [0.05, 0.2, 0.5, 1.0, 2.0, 4.0],  # entropy
     "multi_block": [0.05, 0.2, 0.5, 1.0, 2.0, 4.0],    # entropy
     "eb_sampler": [0.001, 0.01, 0.1, 0.3, 1.0, 3.0],   # entropy budget
+    "fast_dllm_factor": [0.1, 0.5, 1.0, 2.0, 4.0, 8.0],  # the factor f
+    "hierarchy": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],   # confidence
+    "local_leap": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],  # the anchors' confidence
+    "credit": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],      # confidence of the credit-fused logits
+    "klass": [0.9, 0.8, 0.6, 0.4, 0.2, 0.0],        # the confidence a stable position needs
 }
+# the parameter a curve's "threshold" values set, where it is not the method's threshold
+SWEPT_PARAMETER = {"fast_dllm_factor": "factor"}
 METRICS = ("strict", "flexible")
 CONFIG_KEYS = ("task", "limit", "batch_size", "seed", "metric", "decoder", "methods")
 RESULTS_KIND = "d3llm-sweep"
@@ -129,7 +139,11 @@ class SweepConfig:
             settings = dict(settings)
             method = settings.pop("method", name)
             _check_method(method, f"methods.{name}" + (".method" if method != name else ""), source)
-            thresholds = settings.pop("threshold", DEFAULT_THRESHOLDS[method])
+            swept = SWEPT_PARAMETER.get(method)
+            if swept in settings and "threshold" in settings:
+                raise ConfigError(f"{source}: methods.{name}: give the swept values as 'threshold' or as '{swept}', "
+                                  f"not both")
+            thresholds = settings.pop(swept if swept in settings else "threshold", DEFAULT_THRESHOLDS[method])
             if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
                 thresholds = [thresholds]
             if (not isinstance(thresholds, list) or not thresholds
@@ -188,7 +202,7 @@ class SweepConfig:
         points = [(None, BASELINE, None, one_per_forward)]
         for grid in self.methods:
             for t in grid.thresholds:
-                params = {**self.decoder, **grid.params, "threshold": t}
+                params = {**self.decoder, **grid.params, SWEPT_PARAMETER.get(grid.method, "threshold"): t}
                 resolve(grid.method, params, f"methods.{grid.name}")
                 points.append((grid.name, grid.method, t, params))
         return points
