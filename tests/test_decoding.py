@@ -27,6 +27,14 @@ SETTINGS = {
     "multi_block": ("multi_block", dict(MB)),
     "multi_block_early_stop": ("multi_block", dict(MB, early_stop=True)),
     "multi_block_kv_d1": ("multi_block", dict(MB, cache_delay_iter=1)),
+    "fast_dllm_dual_exit": ("fast_dllm", dict(steps=GEN, cache="dual", early_exit="sched", exit_high=6.0,
+                                              exit_low=2.0)),
+    "vanilla_exit_answer": ("vanilla", dict(steps=GEN, early_exit="prophet", exit_answer_start=4, exit_high=6.0)),
+    "multi_block_exit": ("multi_block", dict(MB, cache_delay_iter=1, early_exit="prophet", exit_high=6.0,
+                                             exit_low=2.0)),
+    "adablock_dual": ("adablock", dict(threshold=0.8, delimiter_ids=[1, 2, 3], delimiter_threshold=0.2)),
+    "adablock_prefix": ("adablock", dict(cache="prefix", delimiter_ids=[4, 5], delimiter_threshold=0.1)),
+    "multi_block_budget": ("multi_block", dict(MB, commit_rule="budget", cache_delay_iter=2, early_stop=True)),
     "multi_block_kv_d2_r3_es": ("multi_block", dict(MB, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
     "multi_block_kv_exact": ("multi_block", dict(MB, cache_delay_iter=1, refresh_interval=2, reference_exact=True)),
     "multi_block_suffix": ("multi_block", dict(MB, cache_delay_iter=1, suffix_cache=True, suffix_refresh_interval=3,
@@ -50,7 +58,7 @@ def generate(model, batch, method, **params):
 
 DREAM_ONLY = {"dream_vanilla_entropy": ("vanilla", dict(steps=GEN, alg="entropy")),
               "dream_vanilla_margin": ("vanilla", dict(steps=GEN // 2, alg="topk_margin"))}
-LLADA_ONLY = {"fast_dllm_dual_quota", "klass"}
+LLADA_ONLY = {"fast_dllm_dual_quota", "klass", "adablock_dual", "adablock_prefix"}
 CASES = [("llada", name) for name in SETTINGS] + [("dream", name) for name in SETTINGS if name not in LLADA_ONLY]
 CASES += [("dream", name) for name in DREAM_ONLY]
 SETTINGS.update(DREAM_ONLY)
@@ -107,7 +115,7 @@ def test_delayed_cache_saves_compute_and_stays_close(trained_models):
 SEEDED = [
     ("vanilla", dict(steps=GEN)), ("multi_block", dict(MB, cache_delay_iter=1)),
     ("fast_dllm", dict(steps=GEN, cache="prefix")), ("block_entropy", dict(steps=GEN)),
-    ("eb_sampler", dict(steps=GEN, threshold=0.5)),
+    ("eb_sampler", dict(steps=GEN, threshold=0.5)), ("multi_block", dict(MB, commit_rule="budget")),
     ("vanilla", dict(steps=GEN, remasking="random", temperature=0.0)),
     ("fast_dllm_factor", dict(steps=GEN)), ("hierarchy", dict(steps=GEN)), ("local_leap", dict(steps=GEN)),
     ("credit", dict(steps=GEN)), ("klass", dict(steps=GEN)),
@@ -141,6 +149,25 @@ def test_entropy_budget_spans_one_token_per_step_to_one_step_per_block(trained_m
     assert nfe[1e6].nfe.tolist() == [GEN // BLOCK] * 4
     totals = [int(r.nfe.sum()) for r in nfe.values()]
     assert totals == sorted(totals, reverse=True) and totals[2] < GEN * 4
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_multi_block_budget_commits_more_as_the_budget_grows(trained_models, family):
+    """multi_block with EB-Sampler's rule: the budget is spent over the candidates of every active block together.
+    Fewer forwards as it grows, down to what an unbounded per-token threshold gives; at the same values, other
+    commits than the per-token entropy threshold. (Budget 0 is not one token per forward here: the first fully
+    activated block's guarantee adds its best mask when the step's lowest entropy lies in a later block.)"""
+    model = trained_models[family]
+    batch = prompts(4, seed=5)
+    kw = dict(MB, cache_delay_iter=1)
+    values = (0.0, 0.05, 1.0, 1e6)
+    budget = {g: generate(model, batch, "multi_block", **dict(kw, threshold=g, commit_rule="budget")) for g in values}
+    totals = [int(r.nfe.sum()) for r in budget.values()]
+    assert totals == sorted(totals, reverse=True) and totals[-1] < totals[0]
+    assert totals[0] >= 4 * GEN // 2  # at most two uncertain tokens per step
+    per_token = {g: generate(model, batch, "multi_block", **dict(kw, threshold=g)) for g in values[1:]}
+    assert torch.equal(budget[1e6].nfe, per_token[1e6].nfe)  # both commit every candidate
+    assert any(not torch.equal(budget[g].nfe, per_token[g].nfe) for g in values[1:3])
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -17,6 +17,7 @@ SETTINGS = [
     ("multi_block", dict(threshold=0.5, block_size=8)),
     ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, refresh_interval=3, early_stop=True)),
     ("multi_block", dict(threshold=0.5, block_size=8, cache_delay_iter=2, suffix_cache=True, early_stop=True)),
+    ("multi_block", dict(threshold=0.5, block_size=8, commit_rule="budget", cache_delay_iter=2)),
     ("fast_dllm_factor", dict(steps=16, block_size=8)),
     ("hierarchy", dict(steps=16, block_size=8, cache="prefix")),
     ("local_leap", dict(steps=16, block_size=8, cache="none")),

@@ -209,7 +209,7 @@ def test_help_is_clean(command):
         assert line.count("(default") <= 1, line
     if command == ["generate"]:
         assert ("--method {vanilla,block_entropy,fast_dllm,multi_block,eb_sampler,fast_dllm_factor,hierarchy,local_leap,"
-                "credit,klass,autoregressive}") in out
+                "credit,klass,adablock,autoregressive}") in out
         assert "decoder (default: the model folder's method, else multi_block)" in " ".join(out.split())
 
 

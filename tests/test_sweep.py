@@ -225,3 +225,32 @@ def test_zoo_methods_sweep_their_own_parameter(tmp_path):
     both = _write(tmp_path, "methods:\n  fast_dllm_factor:\n    factor: [1.0]\n    threshold: [0.5]\n")
     with pytest.raises(ConfigError, match="give the swept values as 'threshold' or as 'factor', not both"):
         SweepConfig.from_yaml(both)
+
+
+def test_a_curve_may_sweep_another_parameter(tmp_path):
+    """`swept: NAME` makes the curve's values set NAME (here the early exit's starting margin); the other
+    parameters stay fixed along it, and the settings round-trip through the results' config."""
+    config = _write(tmp_path, "limit: 2\nbatch_size: 2\nmethods:\n  mb exit:\n    method: multi_block\n"
+                    "    threshold: 0.2\n    early_exit: sched\n    exit_low: 5\n    swept: exit_high\n"
+                    "    exit_high: [40, 8]\n")
+    grid = SweepConfig.from_yaml(config)
+    assert grid.to_dict()["methods"]["mb exit"]["exit_high"] == [40.0, 8.0]
+    assert SweepConfig.from_dict(grid.to_dict()).to_dict() == grid.to_dict()
+    out = tmp_path / "o"
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    points = json.loads((out / "sweep.json").read_text())["points"]
+    assert [(p["threshold"], p["params"]["exit_high"], p["params"]["threshold"]) for p in points[1:]] == [
+        (40.0, 40.0, 0.2), (8.0, 8.0, 0.2)]
+    assert points[1]["params"]["early_exit"] == "sched" and points[1]["params"]["exit_low"] == 5
+    # vanilla is a curve of its own once it exits early (else it is only the anchor), with the values given
+    exits = SweepConfig.from_dict({"methods": {"v": {"method": "vanilla", "early_exit": "prophet", "swept":
+                                                     "exit_high", "exit_high": [30, 20]}}})
+    assert exits.methods[0].method == "vanilla" and exits.methods[0].thresholds == [30.0, 20.0]
+    with pytest.raises(ConfigError, match="vanilla has no default grid; give the curve's values"):
+        SweepConfig.from_dict({"methods": {"v": {"method": "vanilla", "early_exit": "prophet"}}})
+    for text, message in (("    swept: exit_hi\n    exit_high: [40]\n", "swept names the parameter"),
+                          ("    swept: exit_high\n    exit_high: [40]\n    threshold: [0.2, 0.5]\n",
+                           "the curve sweeps 'exit_high'; give one threshold")):
+        bad = _write(tmp_path, "methods:\n  c:\n    method: multi_block\n    early_exit: sched\n" + text)
+        with pytest.raises(ConfigError, match=message):
+            SweepConfig.from_yaml(bad)

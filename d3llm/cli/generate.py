@@ -60,6 +60,7 @@ def warn_if_chat_model(tokenizer, chat: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import d3llm
     from d3llm.cli.display import CanvasView
+    from d3llm.decoding.defaults import with_tokenizer_defaults
 
     folder = model_folder(args)
     prompts = read_prompts(args.prompts)
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     warn_if_chat_model(tokenizer, args.chat)
     view = CanvasView(tokenizer, model.mask_token_id, model.eos_token_id) if args.show_steps else None
     try:
-        result = d3llm.generate(model, ids, args.method, seed=args.seed, callback=view, **decoder_params(args))
+        params = with_tokenizer_defaults(model, args.method, decoder_params(args), tokenizer)
+        result = d3llm.generate(model, ids, args.method, seed=args.seed, callback=view, **params)
     finally:
         if view is not None:
             view.close()

@@ -13,7 +13,7 @@ import sys
 
 from d3llm.errors import D3LLMError
 
-COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "init", "lm_harness", "models", "pipeline",
+COMMANDS = ("aup", "chat", "demo", "distill", "eval", "generate", "info", "init", "leaderboard", "lm_harness", "models", "pipeline",
             "serve", "sweep", "train", "trajectories")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # d3llm.decoding.METHODS (a test keeps them equal)
 METHODS = ["vanilla", "block_entropy", "fast_dllm", "multi_block", "eb_sampler", "fast_dllm_factor", "hierarchy",
-           "local_leap", "credit", "klass", "autoregressive"]
+           "local_leap", "credit", "klass", "adablock", "autoregressive"]
 EVAL_BATCH_SIZE = 8  # prompts decoded together by d3llm eval (and by d3llm lm-eval's d3llm model; lm-eval's is 1)
 DEFAULTS_NOTE = ("flags not given take the model folder's generation_config.json defaults (d3llm info shows them), "
                  "else the method's built-in defaults")
@@ -28,7 +28,7 @@ DECODER_FLAGS = {
     "--block-size": ("block_size", int, "block size (the reference's block_length)"),
     "--steps": ("steps", int, "forwards of the block-sequential decoders (unset: one token per forward)"),
     "--threshold": ("threshold", float, "entropy (multi_block, block_entropy), confidence (fast_dllm, hierarchy, "
-                    "local_leap, credit, klass) threshold, or entropy budget (eb_sampler)"),
+                    "local_leap, credit, klass, adablock) threshold, or entropy budget (eb_sampler)"),
     "--factor": ("factor", float, "fast_dllm_factor: f of the factor rule (k + 1)(1 - c_k) <= f"),
     "--low-threshold": ("low_threshold", float, "hierarchy: confidence a masked run's best candidate needs"),
     "--relaxed-threshold": ("relaxed_threshold", float, "local_leap: confidence an anchor's neighbour needs"),
@@ -45,9 +45,24 @@ DECODER_FLAGS = {
     "--decoded-token-threshold": ("decoded_token_threshold", float,
                                   "multi_block: progress that fully activates the next block"),
     "--cache-delay-iter": ("cache_delay_iter", int, "multi_block: iterations before a finished block is cached"),
+    "--commit-rule": ("commit_rule", str, "multi_block: entropy (per-token --threshold) or budget (EB-Sampler: "
+                                          "--threshold is the step's entropy budget)"),
     "--refresh-interval": ("refresh_interval", int, "multi_block: refresh the cache every N iterations"),
     "--suffix-refresh-interval": ("suffix_refresh_interval", int,
                                   "multi_block --suffix-cache: recompute the masked tail every N iterations"),
+    "--early-exit": ("early_exit", str, "any diffusion method: stop once sure, filling every mask left: prophet "
+                                        "(mean logit gap over the step's masks or --exit-answer-start's region) or "
+                                        "sched (over every mask of the generation)"),
+    "--exit-schedule": ("exit_schedule", str, "early exit threshold over progress: step (prophet), linear or "
+                                              "cosine (sched)"),
+    "--exit-high": ("exit_high", float, "early exit: logit gap needed at the start (default 7.5)"),
+    "--exit-low": ("exit_low", float, "early exit: logit gap needed at the end (default 2.5)"),
+    "--exit-answer-start": ("exit_answer_start", int, "prophet: first generated position of the answer region"),
+    "--exit-answer-length": ("exit_answer_length", int, "prophet: answer region length (default 5)"),
+    "--delimiter-ids": ("delimiter_ids", lambda text: token_ids(text, "--delimiter-ids"),
+                        "adablock: comma-separated token ids that end a block (default: the tokenizer's newline)"),
+    "--delimiter-threshold": ("delimiter_threshold", float,
+                              "adablock: confidence a delimiter needs to end a block (default 0.3)"),
     "--alg": ("alg", str, "Dream vanilla: origin, maskgit_plus, topk_margin or entropy"),
     "--top-p": ("top_p", float, "Dream vanilla: nucleus sampling mass"),
     "--top-k": ("top_k", int, "Dream vanilla: top-k sampling"),
@@ -65,6 +80,17 @@ class Parser(argparse.ArgumentParser):
             choices = ", ".join(map(repr, action.choices))
             raise argparse.ArgumentError(
                 action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} (choose from {choices})")
+
+
+def token_ids(text: str, flag: str) -> list[int]:
+    """Comma-separated token ids (``--delimiter-ids 7,43``)."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} must be comma-separated token ids, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError(f"{flag} is empty")
+    return ids
 
 
 def plain(doc: str | None) -> str:

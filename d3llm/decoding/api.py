@@ -63,8 +63,8 @@ def generate(
             different lengths, or what a tokenizer returns (a ``BatchEncoding`` or dict with ``input_ids`` and
             ``attention_mask``, e.g. ``tokenizer.apply_chat_template(..., return_dict=True)``).
         method: ``vanilla`` | ``block_entropy`` | ``fast_dllm`` | ``multi_block`` | ``eb_sampler`` |
-            ``fast_dllm_factor`` | ``hierarchy`` | ``local_leap`` | ``credit`` | ``klass`` (diffusion decoders, for
-            LLaDA and Dream; ``klass`` for LLaDA) or ``autoregressive`` (one token per forward with the KV cache, for the causal Llama family);
+            ``fast_dllm_factor`` | ``hierarchy`` | ``local_leap`` | ``credit`` | ``klass`` | ``adablock`` (diffusion decoders, for
+            LLaDA and Dream; ``klass`` and ``adablock`` for LLaDA) or ``autoregressive`` (one token per forward with the KV cache, for the causal Llama family);
             None = the model folder's ``generation_config.json`` method, else ``multi_block`` (``autoregressive``
             for a causal model). Family rules follow the model (e.g. ``vanilla`` on Dream is Dream's
             timestep-schedule decoder with ``alg``, ``top_p``, ``top_k``).

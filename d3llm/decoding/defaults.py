@@ -47,6 +47,19 @@ def resolve_decoder(model, method: str | None, params: dict[str, Any]) -> tuple[
     return method, cls, cls.Params.from_kwargs(method, params, defaults, source)
 
 
+def with_tokenizer_defaults(model, method: str | None, params: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """``params`` plus the decoder parameters that come from the tokenizer when neither the caller nor the model
+    folder sets them: ``adablock``'s ``delimiter_ids`` (the tokenizer's newline). Entry points that hold a tokenizer
+    (``d3llm generate``/``eval``/``sweep``/``leaderboard``, evaluation) call this before resolving."""
+    if tokenizer is None or resolve_method(model, method) != "adablock" or params.get("delimiter_ids") is not None:
+        return params
+    if folder_defaults(model, "adablock")[0].get("delimiter_ids") is not None:
+        return params
+    from d3llm.decoding.methods.adablock import delimiter_ids_from
+
+    return {**params, "delimiter_ids": list(delimiter_ids_from(tokenizer))}
+
+
 def check_family(method: str, cls, model) -> None:
     """Diffusion methods need a bidirectional model, ``autoregressive`` a causal one: say which, and what to use."""
     causal = bool(getattr(model, "causal", False))

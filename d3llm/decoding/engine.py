@@ -94,8 +94,10 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
+from d3llm.decoding import rules
 from d3llm.decoding.canvas import Canvas, build_canvas, check_prompt
 from d3llm.decoding.defaults import resolve_decoder, resolve_eos, resolve_method
+from d3llm.decoding.early_exit import ExitRule
 from d3llm.decoding.methods import method_class
 from d3llm.decoding.methods.base import Commit, RowSetup, StepPlan
 from d3llm.decoding.params import Params, check_seed
@@ -247,6 +249,10 @@ class Engine:
         self.method = self.method_class(self.params, family=model.family, mask_id=mask_id,
                                         vocab_size=self.vocab_size)
         self.method.check_row(self.params)
+        if self.params.early_exit is not None and self.method_class.causal:
+            raise GenerationError(f"{self.method_name}: early_exit fills a diffusion canvas; an autoregressive "
+                                  "decoder has none (leave early_exit out)")
+        self.early_exit = ExitRule.from_params(self.params, model.family)
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise GenerationError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.max_batch = max_batch
@@ -406,17 +412,77 @@ class Engine:
                 return events
             plan = plan.select(np.flatnonzero(plan.run))
         canvas, state, rows = self.canvas, self.state, self.rows
+        watch = None
+        if self.early_exit is not None:  # also score every generation position the step forwards
+            watch = self.early_exit.positions(canvas, plan)
+            k = plan.score_pos.shape[1]
+            plan.score_pos = np.concatenate([plan.score_pos, watch[0]], axis=1)
+            masked_before = canvas.gen() == self.mask_id
         logits = self._forward(plan)
+        if watch is not None:
+            logits, exit_logits = logits[:, :k], logits[:, k:]
+            plan.score_pos = plan.score_pos[:, :k]
         commit = self.method.commit(canvas, state, logits, plan)
         commit.apply(canvas.x)
         gen = canvas.gen()
         masked = gen == self.mask_id
         self._record(masked)
         steps = rows.nfe.tolist()
+        exiting = None
+        if watch is not None:
+            fire, exit_tokens = self.early_exit.fires(canvas, plan, exit_logits, *watch, masked_before)
+            if fire.any():
+                exiting = np.flatnonzero(fire)
+                self._exit_fill(exiting, watch, exit_tokens)
+                gen = canvas.gen()
+                masked = gen == self.mask_id
         rows.nfe += 1
         self.last_commit = commit
         self._progress(events, steps, commit, gen, masked)
         self.method.update(canvas, state, commit)
+        if exiting is not None:  # early exit: these rows are complete
+            self._retire(exiting, events, reason="done")
+
+    def _exit_fill(self, rows: np.ndarray, watch: tuple[np.ndarray, np.ndarray], tokens: np.ndarray) -> None:
+        """Early exit of ``rows``: every mask left in their generation gets the argmax token at it, from this step's
+        logits where the step forwarded it, else from one extra uncached forward of the row's whole sequence
+        (counted in its NFE and forwarded positions; the KV cache is not touched)."""
+        canvas = self.canvas
+        positions, fresh = watch
+        in_gen = np.arange(positions.shape[1])[None, :] < canvas.gen_lengths[rows, None]
+        r, c = np.nonzero((canvas.x[rows[:, None], positions[rows]] == self.mask_id) & in_gen)
+        if r.size == 0:
+            return
+        stale = np.zeros(len(rows), dtype=bool)
+        stale[r[~fresh[rows[r], c]]] = True
+        # the fill is committed at the index of the forward its logits come from
+        self.rows.commit_step[rows[r], c] = self.rows.nfe[rows[r]] + stale[r]
+        if stale.any():
+            tokens = tokens.copy()
+            again = rows[stale]
+            tokens[again] = self._full_forward_argmax(again, positions[again])
+        canvas.x[rows[r], positions[rows[r], c]] = tokens[rows[r], c]
+
+    def _full_forward_argmax(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """``[len(rows), G]`` argmax tokens (mask excluded) at ``positions`` from one uncached forward of each of
+        ``rows``' whole sequence; counted as a forward of those rows."""
+        t0 = time.perf_counter()
+        lengths = self.canvas.lengths[rows]
+        packed = PackedRows.from_slices(np.zeros(len(rows), dtype=np.int64), lengths, None, self.rows.slots[rows])
+        tokens = self.canvas.x[np.repeat(rows, packed.lengths), packed.positions]
+        at = np.minimum(positions, packed.lengths[:, None] - 1) + packed.offsets[:, None]
+        logits = self.model.forward_packed(torch.from_numpy(tokens).to(self.device), packed,
+                                           torch.from_numpy(at.reshape(-1)).to(self.device), cache=None)
+        out = rules.to_host(rules.argmax_excluding(logits.view(len(rows), positions.shape[1], -1), self.mask_id))[0]
+        self.stats.model_time += time.perf_counter() - t0
+        self.stats.forwards += len(rows)
+        self.stats.positions += int(lengths.sum())
+        self.rows.nfe[rows] += 1
+        self.rows.positions[rows] += lengths
+        for i, n in zip(rows.tolist(), lengths.tolist()):
+            rid = self.rows.requests[i].request_id
+            self.stats.last_positions[rid] = self.stats.last_positions.get(rid, 0) + n
+        return out
 
     # -- fault isolation -----------------------------------------------------------------------------------------
     def _snapshot(self) -> tuple:

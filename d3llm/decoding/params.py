@@ -62,9 +62,22 @@ class Params:
     # fields a model folder's defaults may not set for this method (e.g. Dream's single-block vanilla decoder)
     no_folder_default: ClassVar[frozenset[str]] = frozenset()
 
+    # early exit (d3llm.decoding.early_exit), composable with every diffusion method
+    early_exit: str | None = None  # None, "prophet" or "sched"
+    exit_schedule: str | None = None  # prophet: "step" (the default); sched: "linear" (the default) or "cosine"
+    exit_high: float = 7.5  # the logit gap needed at the start
+    exit_low: float = 2.5  # ... and at the end
+    exit_answer_start: int | None = None  # prophet: the answer region's first generated position
+    exit_answer_length: int = 5
+    EXIT_FIELDS: ClassVar[tuple[str, ...]] = ("exit_schedule", "exit_high", "exit_low", "exit_answer_start",
+                                              "exit_answer_length")
+
     @classmethod
     def names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """The parameters, the method's own first, then the early-exit ones every diffusion method shares."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        shared = ("early_exit", *cls.EXIT_FIELDS)
+        return [n for n in names if n not in shared] + [n for n in names if n in shared]
 
     @classmethod
     def from_kwargs(cls, method: str, kwargs: dict[str, Any], defaults: dict[str, Any] | None = None,
@@ -103,7 +116,32 @@ class Params:
         params._default_source = default_source
         params.derive()
         params.validate(method)
+        params.validate_early_exit(method)
         return params
+
+    def validate_early_exit(self, method: str) -> None:
+        """The early-exit parameters (:mod:`d3llm.decoding.early_exit`); fills the rule's default schedule."""
+        from d3llm.decoding.early_exit import RULES, SCHEDULES
+
+        if self.early_exit is None:
+            given = [name for name in self.EXIT_FIELDS if self.origin(name) == GIVEN]
+            if given:
+                raise GenerationError(f"{method}: {', '.join(given)} set without early_exit; pass early_exit="
+                                      f"'prophet' or 'sched' (or leave the exit parameters out)")
+            return
+        self.check_choice(method, "early_exit", self.early_exit, (*RULES, None))
+        if self.exit_schedule is None:
+            self.exit_schedule = SCHEDULES[self.early_exit][0]
+            self._origin["exit_schedule"] = DERIVED
+        self.check_choice(method, "exit_schedule", self.exit_schedule, SCHEDULES[self.early_exit])
+        self.check_range(method, "exit_high", self.exit_high, 0.0, None, "a logit gap")
+        self.check_range(method, "exit_low", self.exit_low, 0.0, self.exit_high, "a logit gap at most exit_high")
+        self.check_int(method, "exit_answer_start", self.exit_answer_start, minimum=0, allow_none=True,
+                       maximum=self.max_new_tokens - 1, why=f"max_new_tokens - 1 = {self.max_new_tokens - 1}")
+        self.check_int(method, "exit_answer_length", self.exit_answer_length, minimum=1)
+        if self.exit_answer_start is not None and self.early_exit != "prophet":
+            raise GenerationError(f"{method}: exit_answer_start is Prophet's answer region; early_exit="
+                                  f"{self.early_exit!r} monitors every mask of the generation")
 
     def derive(self) -> None:
         """Fill parameters that follow others (``steps`` follows ``max_new_tokens``)."""

@@ -177,11 +177,11 @@ def evaluate(model, tokenizer, dataset, method: str | None = None, params: dict 
     after every batch decoded here (to save it). Batches always start at multiples of ``batch_size``, so a resumed
     evaluation decodes the same batches as an uninterrupted one.
     """
-    from d3llm.decoding.defaults import resolve_method
+    from d3llm.decoding.defaults import resolve_method, with_tokenizer_defaults
     from d3llm.errors import ConfigError
     from d3llm.eval.progress import ProblemBar, step_watcher
 
-    params = dict(params or {})
+    params = with_tokenizer_defaults(model, method, dict(params or {}), tokenizer)
     method = resolve_method(model, method)
     n = _count(dataset, limit)
     examples = [dataset[i] for i in range(n)]

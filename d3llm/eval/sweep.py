@@ -37,6 +37,12 @@ The configuration file (YAML)::
         method: multi_block
         threshold: [0.05, 0.2, 1.0]
         cache_delay_iter: null
+      multi_block + exit:  # a curve over another parameter: say which (swept), its values under its name
+        method: multi_block
+        early_exit: sched
+        exit_low: 10
+        swept: exit_high
+        exit_high: [40, 25, 15]
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from d3llm.files import atomic_write, atomic_write_text, make_folder, read_json
 BASELINE = "vanilla"
 CAUSAL_BASELINE = "autoregressive"  # the one-token-per-forward point of a causal (autoregressive) model
 SWEEPABLE = ("fast_dllm", "block_entropy", "multi_block", "eb_sampler", "fast_dllm_factor", "hierarchy", "local_leap",
-             "credit", "klass")
+             "credit", "klass", "adablock")
 DEFAULT_METHODS = ("fast_dllm", "block_entropy", "multi_block")  # a sweep without --methods
 DEFAULT_THRESHOLDS = {
     "fast_dllm": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],   # confidence
@@ -68,6 +74,7 @@ DEFAULT_THRESHOLDS = {
     "local_leap": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],  # the anchors' confidence
     "credit": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],      # confidence of the credit-fused logits
     "klass": [0.9, 0.8, 0.6, 0.4, 0.2, 0.0],        # the confidence a stable position needs
+    "adablock": [0.95, 0.9, 0.7, 0.5, 0.3, 0.1],    # confidence, in delimiter-ended blocks
 }
 # the parameter a curve's "threshold" values set, where it is not the method's threshold
 SWEPT_PARAMETER = {"fast_dllm_factor": "factor"}
@@ -85,9 +92,11 @@ class MethodGrid:
     thresholds: list[float]
     params: dict = field(default_factory=dict)
     name: str = ""
+    swept: str = ""  # the parameter the values set: the method's (SWEPT_PARAMETER, else threshold) by default
 
     def __post_init__(self) -> None:
         self.name = self.name or self.method
+        self.swept = self.swept or SWEPT_PARAMETER.get(self.method, "threshold")
 
 
 @dataclass
@@ -138,19 +147,35 @@ class SweepConfig:
                 raise ConfigError(f"{source}: methods.{name}: expected a mapping of parameters, got {settings!r}")
             settings = dict(settings)
             method = settings.pop("method", name)
-            _check_method(method, f"methods.{name}" + (".method" if method != name else ""), source)
-            swept = SWEPT_PARAMETER.get(method)
-            if swept in settings and "threshold" in settings:
-                raise ConfigError(f"{source}: methods.{name}: give the swept values as 'threshold' or as '{swept}', "
-                                  f"not both")
-            thresholds = settings.pop(swept if swept in settings else "threshold", DEFAULT_THRESHOLDS[method])
+            _check_method(method, f"methods.{name}" + (".method" if method != name else ""), source,
+                          exits=settings.get("early_exit") is not None)
+            swept = settings.pop("swept", None)
+            if swept is not None:
+                if not isinstance(swept, str) or swept in ("method", "threshold") or swept not in settings:
+                    raise ConfigError(f"{source}: methods.{name}.swept names the parameter the curve's values set "
+                                      f"(e.g. swept: exit_high with exit_high: [40, 25, 15]); got {swept!r}, which "
+                                      f"{'has no list of values there' if isinstance(swept, str) else 'is not a name'}")
+                if "threshold" in settings and isinstance(settings["threshold"], list):
+                    raise ConfigError(f"{source}: methods.{name}: the curve sweeps '{swept}'; give one threshold, "
+                                      "not a list")
+            else:
+                swept = SWEPT_PARAMETER.get(method)
+                if swept in settings and "threshold" in settings:
+                    raise ConfigError(f"{source}: methods.{name}: give the swept values as 'threshold' or as "
+                                      f"'{swept}', not both")
+            swept = swept if swept in settings else "threshold"
+            if swept not in settings and method not in DEFAULT_THRESHOLDS:
+                raise ConfigError(f"{source}: methods.{name}: {method} has no default grid; give the curve's values "
+                                  "(swept: NAME and NAME: [...])")
+            thresholds = settings.pop(swept, DEFAULT_THRESHOLDS.get(method))
             if isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
                 thresholds = [thresholds]
             if (not isinstance(thresholds, list) or not thresholds
                     or any(isinstance(t, bool) or not isinstance(t, (int, float)) for t in thresholds)):
                 raise ConfigError(f"{source}: methods.{name}.threshold must be a number or a non-empty list of "
                                   f"numbers, got {thresholds!r}")
-            grids.append(MethodGrid(str(method), [float(t) for t in thresholds], settings, name=str(name)))
+            grids.append(MethodGrid(str(method), [float(t) for t in thresholds], settings, name=str(name),
+                                    swept=swept))
         decoder = data.get("decoder") or {}
         if not isinstance(decoder, Mapping):
             raise ConfigError(f"{source}: 'decoder' must be a mapping of decoder parameters, got {decoder!r}")
@@ -172,7 +197,7 @@ class SweepConfig:
             raise ConfigError(f"{source}: task must be 'arith' or a JSONL path, got {task!r}")
         return cls(methods=grids, task=task, metric=metric, decoder=dict(decoder), source=source, **kw)
 
-    def settings(self, model) -> list[tuple[str, str, float | None, dict]]:
+    def settings(self, model, tokenizer=None) -> list[tuple[str, str, float | None, dict]]:
         """(curve, method, threshold, parameters) of every point for ``model``, the one-token-per-forward point
         first (curve None).
 
@@ -183,6 +208,9 @@ class SweepConfig:
         from d3llm.decoding.defaults import resolve_decoder
 
         def resolve(method: str, params: dict, key: str) -> dict:
+            from d3llm.decoding.defaults import with_tokenizer_defaults
+
+            params.update(with_tokenizer_defaults(model, method, params, tokenizer))
             try:
                 return dict(vars(resolve_decoder(model, method, params)[2]))
             except D3LLMError as exc:
@@ -202,7 +230,7 @@ class SweepConfig:
         points = [(None, BASELINE, None, one_per_forward)]
         for grid in self.methods:
             for t in grid.thresholds:
-                params = {**self.decoder, **grid.params, SWEPT_PARAMETER.get(grid.method, "threshold"): t}
+                params = {**self.decoder, **grid.params, grid.swept: t}
                 resolve(grid.method, params, f"methods.{grid.name}")
                 points.append((grid.name, grid.method, t, params))
         return points
@@ -210,11 +238,18 @@ class SweepConfig:
     def to_dict(self) -> dict:
         return {"task": self.task, "limit": self.limit, "batch_size": self.batch_size, "seed": self.seed,
                 "metric": self.metric, "decoder": self.decoder,
-                "methods": {g.name: {**({"method": g.method} if g.name != g.method else {}), "threshold": g.thresholds,
+                "methods": {g.name: {**({"method": g.method} if g.name != g.method else {}),
+                                     **({"swept": g.swept, g.swept: g.thresholds}
+                                        if g.swept != SWEPT_PARAMETER.get(g.method, "threshold")
+                                        else {"threshold": g.thresholds}),
                                      **g.params} for g in self.methods}}
 
 
-def _check_method(method, key: str, source: str) -> None:
+def _check_method(method, key: str, source: str, exits: bool = False) -> None:
+    """A curve's method is sweepable; ``vanilla`` too when the curve sets an early exit (its one-token-per-forward
+    point is measured anyway, an exit makes another decoder of it)."""
+    if method == BASELINE and exits:
+        return
     if method not in SWEEPABLE:
         hint = did_you_mean(method, SWEEPABLE)
         extra = "; the one-token-per-forward vanilla point is measured for every model anyway" \
@@ -290,7 +325,8 @@ def run_sweep(models: Sequence[str], config: SweepConfig, *, device=None, dtype=
         model = d3llm.load_model(folder, device=device, dtype=dtype)
         if on_load is not None:
             on_load(model)
-        loaded.append((folder, label, model, d3llm.load_tokenizer(folder), config.settings(model)))
+        tokenizer = d3llm.load_tokenizer(folder)
+        loaded.append((folder, label, model, tokenizer, config.settings(model, tokenizer)))
     partial = None if resume is None else PartialResults.open(resume, sweep_plan(loaded, config, dataset, n),
                                                               "an unfinished sweep")
 
@@ -363,23 +399,35 @@ def read_sweep_results(path: str | os.PathLike) -> dict:
     return data
 
 
-def sweep_leaderboard_data(runs: Sequence[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """``{task: {curve: [(TPF, accuracy %), ...]}}`` of one or more sweeps (curves of the same task compete, with
-    ``y_max`` across all of them; a curve name seen twice gets a ``#2`` suffix)."""
-    data: dict[str, dict[str, list[tuple[float, float]]]] = {}
+def sweep_curves(runs: Sequence[dict]):
+    """``(task, label, run, points)`` of every curve of one or more sweeps, in order: ``points`` the curve's point
+    records (its model's one-token-per-forward point first); a curve name seen twice in a task gets a ``#2`` suffix."""
+    seen: dict[str, set[str]] = {}
     for run in runs:
         where = run.get("_source", "sweep results")
-        task = data.setdefault(str(run["task"]), {})
+        task = str(run["task"])
+        labels = seen.setdefault(task, set())
         for name, curve in run["curves"].items():
             try:
-                pts = [(run["points"][i]["tpf"], run["points"][i]["accuracy"]) for i in curve["points"]]
+                pts = [run["points"][i] for i in curve["points"]]
+                if not all("tpf" in p and "accuracy" in p for p in pts):
+                    raise KeyError("tpf")
             except (KeyError, IndexError, TypeError):
                 raise ConfigError(f"{where}: curve {name!r} refers to points that are missing or incomplete "
                                   "(expected 'tpf' and 'accuracy')") from None
             label, k = name, 2
-            while label in task:
+            while label in labels:
                 label, k = f"{name} #{k}", k + 1
-            task[label] = pts
+            labels.add(label)
+            yield task, label, run, pts
+
+
+def sweep_leaderboard_data(runs: Sequence[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """``{task: {curve: [(TPF, accuracy %), ...]}}`` of one or more sweeps (curves of the same task compete, with
+    ``y_max`` across all of them; a curve name seen twice gets a ``#2`` suffix)."""
+    data: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for task, label, _, pts in sweep_curves(runs):
+        data.setdefault(task, {})[label] = [(p["tpf"], p["accuracy"]) for p in pts]
     return data
 
 

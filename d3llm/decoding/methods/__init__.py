@@ -1,5 +1,6 @@
 """Decoding methods: each supplies the step rules of one decoder; the engine runs them all."""
 
+from d3llm.decoding.methods.adablock import AdaBlock
 from d3llm.decoding.methods.autoregressive import Autoregressive
 from d3llm.decoding.methods.base import Commit, DecodingMethod, MethodState, StepPlan
 from d3llm.decoding.params import Params
@@ -11,7 +12,7 @@ from d3llm.decoding.methods.multi_block import MultiBlock
 
 METHODS: dict[str, type[DecodingMethod]] = {
     m.name: m for m in (Vanilla, BlockEntropy, FastDLLM, MultiBlock, EBSampler, FastDLLMFactor, Hierarchy,
-                         LocalLeap, Credit, KLASS, Autoregressive)
+                         LocalLeap, Credit, KLASS, AdaBlock, Autoregressive)
 }
 FAMILY_METHODS: dict[tuple[str, str], type[DecodingMethod]] = {("vanilla", "dream"): DreamVanilla}
 
@@ -21,4 +22,4 @@ def method_class(name: str, family: str) -> type[DecodingMethod]:
     return FAMILY_METHODS.get((name, family), METHODS[name])
 
 __all__ = ["METHODS", "FAMILY_METHODS", "method_class", "Autoregressive", "DreamVanilla", "Commit", "DecodingMethod", "MethodState", "Params", "StepPlan", "Vanilla", "BlockEntropy",
-           "FastDLLM", "MultiBlock", "EBSampler", "FastDLLMFactor", "Hierarchy", "LocalLeap", "Credit", "KLASS"]
+           "FastDLLM", "MultiBlock", "EBSampler", "FastDLLMFactor", "Hierarchy", "LocalLeap", "Credit", "KLASS", "AdaBlock"]

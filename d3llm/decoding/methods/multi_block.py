@@ -14,8 +14,11 @@ covers canvas columns ``[G + (b-1)B, G + bB)``. A created block that is not *ful
 4. one forward (whole canvas, or everything after the cached prefix); candidates are the masked positions before
    the end ``a`` of the last block that is fully activated or still has masks;
 5. commit: LLaDA takes the lowest-entropy candidate plus every candidate with entropy ``<= threshold``; Dream every
-   candidate with entropy ``< threshold``. The first fully activated block with masks that got nothing gets its
-   lowest-entropy mask (LLaDA: the argmax token; Dream: the sampled token).
+   candidate with entropy ``< threshold``. With ``commit_rule="budget"`` (EB-Sampler's rule, both families) the
+   candidates of every active block together are taken in ascending entropy while the entropies before each sum to
+   at most ``threshold`` (an entropy budget for the step, nats, instead of a per-token bound). The first fully
+   activated block with masks that got nothing gets its lowest-entropy mask (LLaDA: the argmax token; Dream: the
+   sampled token).
 
 Delayed KV cache (``cache_delay_iter`` = D, None = no cache): a finished block (prompt included) is appended to the
 prefix cache only D iterations after it was first seen finished; while a block waits ("stabilises") every forward
@@ -76,12 +79,19 @@ class MultiBlockParams(Params):
     refresh_while_waiting: bool = True
     suffix_cache: bool = False
     suffix_refresh_interval: int | None = SUFFIX_REFRESH_INTERVAL
+    commit_rule: str = "entropy"  # entropy: a per-token bound; budget: EB-Sampler's budget over the step
 
     def validate(self, method: str) -> None:
         self.check_blocks(method)
         self.check_temperature(method)
         self.check_choice(method, "remasking", self.remasking, ("low_confidence", "random"))
-        self.check_range(method, "threshold", self.threshold, 0.0, None, "an entropy threshold in nats")
+        self.check_choice(method, "commit_rule", self.commit_rule, ("entropy", "budget"))
+        if self.commit_rule == "budget" and self.remasking != "low_confidence":
+            raise GenerationError(f"{method}: commit_rule='budget' spends an entropy budget; remasking="
+                                  f"{self.remasking!r} ranks by random scores, not entropies (use "
+                                  f"remasking='low_confidence'){self.label('commit_rule')}")
+        self.check_range(method, "threshold", self.threshold, 0.0, None,
+                         "an entropy budget in nats" if self.commit_rule == "budget" else "an entropy threshold in nats")
         self.check_range(method, "block_add_threshold", self.block_add_threshold, 0.0, 1.0,
                          "the progress of the last block that opens a new one")
         self.check_range(method, "decoded_token_threshold", self.decoded_token_threshold, 0.0, 1.0,
@@ -422,7 +432,9 @@ class MultiBlock(DecodingMethod):
         h, tokens, *extra = rules.to_host(h, tokens, *extra)
 
         threshold = st.threshold[:, None]
-        if self.family == "dream":
+        if p.commit_rule == "budget":
+            transfer = rules.commit_entropy_budget(h, valid, threshold)
+        elif self.family == "dream":
             transfer = rules.commit_entropy_dream(h, valid, threshold)
         else:
             transfer = rules.commit_entropy_llada(h, valid, threshold)
